@@ -1,0 +1,54 @@
+"""The embedded real PostgreSQL (pgserver) used when no database URL is configured.
+
+pgserver runs PostgreSQL 16 from a wheel, listening on a Unix socket only, with its data in
+a folder that survives restarts. Started again on the same folder, it reuses the data (and
+a server still running from a killed earlier run).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from pathlib import Path
+
+import pgserver
+import psycopg
+
+_log = logging.getLogger(__name__)
+
+DATABASE_NAME = "seriesflow"
+
+
+class EmbeddedPostgres:
+    """A running embedded PostgreSQL; `url` is a libpq URI for the seriesflow database."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = (data_dir / "postgres").resolve()
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None: we stop it ourselves in stop(), not from an atexit hook that a
+        # child process could trigger.
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        self._ensure_database()
+        self.url = self._server.get_uri(DATABASE_NAME)
+        _log.info("embedded PostgreSQL running", extra={"fields": {"pgdata": str(self.pgdata)}})
+
+    def _ensure_database(self) -> None:
+        with psycopg.connect(self._server.get_uri(), autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
+            ).fetchone()
+            if found is None:
+                conn.execute(f"CREATE DATABASE {DATABASE_NAME}")
+
+    def stop(self) -> None:
+        """Stop the server cleanly (a fast shutdown: open sessions are rolled back)."""
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+        # pgserver caches one handle per folder and registers an exit hook for it; forget
+        # both so a later start in this process gets a fresh handle.
+        atexit.unregister(self._server._cleanup)
+        self._server.global_process_id_list.get_and_remove(os.getpid())
+        pgserver.PostgresServer._instances.pop(self.pgdata, None)
+        _log.info("embedded PostgreSQL stopped")

@@ -1,0 +1,1 @@
+"""Generated stubs of the seriesflow.v1 contract (proto/seriesflow/v1). Do not edit: `make proto`."""

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real PostgreSQL for every test that needs one.
+
+The server is the one named by SERIESFLOW_DATABASE_URL when set, otherwise an embedded
+pgserver started once per test session. Each test gets its own fresh database in it, so
+tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from seriesflow.embedded_postgres import EmbeddedPostgres
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; in CI a missing tool fails the test instead of skipping it."""
+    found = shutil.which(name)
+    if found is None:
+        go_bin = Path(os.environ.get("GOPATH", Path.home() / "go")) / "bin" / name
+        if go_bin.exists():
+            return str(go_bin)
+        message = f"{name} is not installed; run `make tools` (scripts/install-tools.sh)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database, for creating test databases."""
+    configured = os.environ.get("SERIESFLOW_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """URL of a brand-new empty database, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(postgres_server_url)
+    params["dbname"] = name
+    try:
+        yield make_conninfo(**params)
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
