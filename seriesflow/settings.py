@@ -32,6 +32,7 @@ def setting(
     help: str,
     *,
     secret: bool = False,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """Declare a dataclass field read from the environment and the command line.
 
@@ -41,7 +42,13 @@ def setting(
     parsed_default = None if default is None else parse(default)
     return dataclasses.field(
         default=parsed_default,
-        metadata={"parse": parse, "help": help, "secret": secret, "default_text": default},
+        metadata={
+            "parse": parse,
+            "help": help,
+            "secret": secret,
+            "default_text": default,
+            "aliases": aliases,
+        },
     )
 
 
@@ -53,16 +60,25 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def add_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
-    """Add one flag per setting of `config_class`; unset flags leave the environment in charge."""
+def add_flags(
+    parser: argparse.ArgumentParser, config_class: type, *, skip: frozenset[str] = frozenset()
+) -> None:
+    """Add one flag per setting of `config_class`; unset flags leave the environment in charge.
+
+    Settings named in `skip` are left out (a parser combining two config classes adds a
+    shared setting once).
+    """
     group = parser.add_argument_group(f"{config_class.__name__} (flags override {ENV_PREFIX}*)")
     for f in dataclasses.fields(config_class):
+        if f.name in skip:
+            continue
         default_text = f.metadata["default_text"]
         shown = "unset" if default_text is None else repr(default_text)
         if f.metadata["secret"]:
             shown = "hidden"
         group.add_argument(
             flag_name(f.name),
+            *f.metadata.get("aliases", ()),
             dest=f.name,
             default=None,
             metavar=f.name.upper(),

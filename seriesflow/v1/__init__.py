@@ -1,1 +1,1 @@
-"""Generated stubs of the seriesflow.v1 contract (proto/seriesflow/v1). Do not edit: `make proto`."""
+"""Generated stubs of the seriesflow.v1 contract (proto/). Do not edit: run `make proto`."""

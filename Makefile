@@ -1,0 +1,57 @@
+# seriesflow — the commands a newcomer needs. Each target bootstraps what it uses.
+#   make run    the all-in-one service (embedded PostgreSQL unless SERIESFLOW_DATABASE_URL is set)
+#   make test   the test suite, with the system tools it talks to (dcmtk, Orthanc, helm, ...)
+#   make lint   ruff + mypy
+#   make bench  the benchmarks (store and receiver), printing ratios against baselines
+#   make proto  regenerate the seriesflow.v1 stubs after editing proto/
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP := $(VENV)/.dev-installed
+BENCH_ARGS ?=
+# pgserver looks for a runtime folder; many shells (CI, containers) have none.
+export XDG_RUNTIME_DIR ?= /tmp
+
+.PHONY: run test lint bench proto tools venv clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "seriesflow needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# `make run` installs only what the services need, so a first run starts quickly.
+$(RUNTIME_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(DEV_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@ $(RUNTIME_STAMP)
+
+venv: $(DEV_STAMP)
+
+tools:
+	bash scripts/install-tools.sh
+
+run: $(RUNTIME_STAMP)
+	$(VENV)/bin/seriesflow run
+
+test: $(DEV_STAMP) tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check seriesflow receiver store migrations tests bench scripts
+	$(VENV)/bin/mypy
+
+bench: $(DEV_STAMP) tools
+	$(PY) bench/store_bench.py $(BENCH_ARGS)
+	$(PY) bench/receiver_bench.py $(BENCH_ARGS)
+
+proto: $(DEV_STAMP)
+	$(PY) scripts/gen_proto.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

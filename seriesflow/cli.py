@@ -1,0 +1,124 @@
+"""The `seriesflow` command: one entry point, a subcommand per role.
+
+    seriesflow run         store + receiver + embedded PostgreSQL, the local all-in-one
+    seriesflow store       the store service alone (container entrypoint)
+    seriesflow receiver    the receiver alone (container entrypoint)
+    seriesflow receiver dead-letters [--replay] [UPDATE_ID...]
+    seriesflow migrate     schema to head
+    seriesflow send PATH…  C-STORE files to a receiver
+    seriesflow echo        C-ECHO a receiver
+
+Every setting is an environment variable SERIESFLOW_NAME and a flag --name; the flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from seriesflow import __version__, logs, settings
+from seriesflow.scu import SenderConfig, add_send_arguments
+
+if TYPE_CHECKING:
+    from receiver.config import ReceiverConfig
+    from store.config import StoreConfig
+
+
+def _config_classes() -> tuple[type[StoreConfig], type[ReceiverConfig]]:
+    # Imported here so `seriesflow send --help` does not pay for grpc and psycopg.
+    from receiver.config import ReceiverConfig
+    from store.config import StoreConfig
+
+    return StoreConfig, ReceiverConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    store_cls, receiver_cls = _config_classes()
+    parser = argparse.ArgumentParser(
+        prog="seriesflow",
+        description="DICOM ingestion: C-STORE in, an exact catalog in PostgreSQL out.",
+        epilog="Every flag --name can also be given as the environment variable SERIESFLOW_NAME.",
+    )
+    parser.add_argument("--version", action="version", version=f"seriesflow {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="store, receiver and (unless a database URL is set) embedded PostgreSQL"
+    )
+    settings.add_flags(run, store_cls)
+    shared = frozenset(f.name for f in dataclasses.fields(store_cls))
+    settings.add_flags(run, receiver_cls, skip=shared)
+
+    store = commands.add_parser("store", help="the store service (gRPC, PostgreSQL)")
+    settings.add_flags(store, store_cls)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
+    settings.add_flags(migrate, store_cls)
+
+    receiver = commands.add_parser("receiver", help="the receiver service (DICOM Storage SCP)")
+    settings.add_flags(receiver, receiver_cls)
+    receiver_commands = receiver.add_subparsers(dest="receiver_command", metavar="SUBCOMMAND")
+    dead = receiver_commands.add_parser(
+        "dead-letters", help="list updates the store rejected, or replay them"
+    )
+    dead.add_argument("--replay", action="store_true", help="send them to the store again")
+    dead.add_argument("update_ids", nargs="*", metavar="UPDATE_ID", help="only these updates")
+    settings.add_flags(dead, receiver_cls)
+
+    send = commands.add_parser("send", help="C-STORE every DICOM file under the paths")
+    add_send_arguments(send)
+
+    echo = commands.add_parser("echo", help="C-ECHO a receiver")
+    settings.add_flags(echo, SenderConfig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except settings.ConfigError as exc:
+        print(f"seriesflow {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    store_cls, receiver_cls = _config_classes()
+    if args.command in ("send", "echo"):
+        from seriesflow import scu
+
+        sender = settings.load(SenderConfig, args=args)
+        logs.configure("WARNING")
+        return scu.send(sender, args.paths) if args.command == "send" else scu.echo(sender)
+    if args.command == "run":
+        from seriesflow import run
+
+        store_config = settings.load(store_cls, args=args)
+        receiver_config = settings.load(receiver_cls, args=args)
+        logs.configure(store_config.log_level)
+        return run.main(store_config, receiver_config, run.flag_environment(args))
+    if args.command in ("store", "migrate"):
+        store_config = settings.load(store_cls, args=args)
+        logs.configure(store_config.log_level)
+        if args.command == "migrate":
+            from store import migrate
+
+            return migrate.main(store_config)
+        from store import server
+
+        return server.main(store_config)
+    receiver_config = settings.load(receiver_cls, args=args)
+    logs.configure(receiver_config.log_level)
+    if args.receiver_command == "dead-letters":
+        from receiver import dead_letters
+
+        return dead_letters.main(receiver_config, args.replay, args.update_ids)
+    from receiver import app
+
+    return app.main(receiver_config)
