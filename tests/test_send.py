@@ -1,0 +1,140 @@
+"""`seriesflow send` and `seriesflow echo` against a real Storage SCP on a real socket."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+from dicom_files import write_study
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RecordingScp:
+    """A pynetdicom Storage SCP on 127.0.0.1 that keeps what it received."""
+
+    def __init__(self, *, reject_uid_prefix: str | None = None) -> None:
+        self.received: dict[str, str] = {}  # SOPInstanceUID -> transfer syntax
+        self.calling: set[str] = set()
+        self._lock = threading.Lock()
+        self._reject_uid_prefix = reject_uid_prefix
+        ae = AE(ae_title="STORESCP")
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        self.port = free_port()
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+        )
+
+    def _on_store(self, event: evt.Event) -> int:
+        ds = event.dataset
+        with self._lock:
+            self.calling.add(event.assoc.requestor.ae_title)
+            self.received[str(ds.SOPInstanceUID)] = str(event.context.transfer_syntax)
+        if self._reject_uid_prefix and str(ds.SOPInstanceUID).startswith(self._reject_uid_prefix):
+            return 0xA900
+        return 0x0000
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+
+@pytest.fixture
+def scp() -> Iterator[RecordingScp]:
+    server = RecordingScp()
+    yield server
+    server.stop()
+
+
+def seriesflow(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "seriesflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_send_delivers_every_file_in_a_folder_tree(scp: RecordingScp, tmp_path: Path) -> None:
+    first = write_study(tmp_path / "a", [3, 2])
+    second = write_study(tmp_path / "b" / "deeper", [4])
+    result = seriesflow("send", str(tmp_path), "--port", str(scp.port), "--jobs", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    expected = {sop for s in first + second for sop in s.sop_instance_uids}
+    assert set(scp.received) == expected
+    assert "sent 9 of 9 DICOM files (9 success)" in result.stdout
+
+
+def test_send_reports_and_skips_files_that_are_not_dicom(scp: RecordingScp, tmp_path: Path) -> None:
+    write_study(tmp_path, [2])
+    (tmp_path / "README.txt").write_text("not an image")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    result = seriesflow("send", str(tmp_path), "--port", str(scp.port))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(scp.received) == 2
+    assert "skipped 2 files" in result.stdout
+    assert "README.txt" in result.stdout and "empty.dcm" in result.stdout
+
+
+def test_send_keeps_each_file_in_its_own_transfer_syntax(scp: RecordingScp, tmp_path: Path) -> None:
+    [series] = write_study(tmp_path, [2])
+    from pydicom import dcmread
+
+    syntaxes = (ImplicitVRLittleEndian, ExplicitVRBigEndian)
+    for path, syntax in zip(series.files, syntaxes, strict=True):
+        ds = dcmread(path)
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path, implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
+    result = seriesflow("send", str(tmp_path), "--port", str(scp.port))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(scp.received.values()) == sorted([ImplicitVRLittleEndian, ExplicitVRBigEndian])
+
+
+def test_send_exits_nonzero_and_names_failures(tmp_path: Path) -> None:
+    rejecting = RecordingScp(reject_uid_prefix="")
+    try:
+        write_study(tmp_path, [2])
+        result = seriesflow("send", str(tmp_path), "--port", str(rejecting.port))
+    finally:
+        rejecting.stop()
+    assert result.returncode == 1
+    assert "2 files failed" in result.stdout
+    assert "0xA900" in result.stdout
+
+
+def test_send_to_a_closed_port_fails_every_file(tmp_path: Path) -> None:
+    write_study(tmp_path, [2])
+    result = seriesflow("send", str(tmp_path), "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "association failed" in result.stdout
+
+
+def test_echo_succeeds_against_a_live_scp(scp: RecordingScp) -> None:
+    result = seriesflow("echo", "--port", str(scp.port), "--called-ae", "STORESCP")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "success" in result.stdout
+
+
+def test_echo_fails_clearly_when_nothing_listens() -> None:
+    result = seriesflow("echo", "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "no association" in result.stdout
+
+
+def test_send_rejects_a_bad_port_naming_the_flag(tmp_path: Path) -> None:
+    result = seriesflow("send", str(tmp_path), "--port", "99999")
+    assert result.returncode == 2
+    assert "--dicom-port='99999'" in result.stderr or "--port" in result.stderr
