@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+# One image for both services: `seriesflow store`, `seriesflow receiver`, `seriesflow migrate`.
+# Build:  docker build -t seriesflow:0.1.0 .
+#
+# Stage 1 installs the package and its dependencies into a venv. Every dependency ships
+# manylinux wheels and the gRPC stubs are committed, so no compiler is needed anywhere;
+# the build stage exists so that pip, setuptools and the source tree stay out of the image.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+# A venv without pip: the final image carries only what seriesflow imports.
+RUN python -m venv --without-pip /opt/seriesflow
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY seriesflow/ seriesflow/
+COPY store/ store/
+COPY receiver/ receiver/
+COPY migrations/ migrations/
+# pip of the base image installs into the venv's interpreter (pip >= 22.3 `--python`).
+# A regular (non-editable) install: the package is copied into site-packages and its
+# bytecode compiled now, so the read-only root filesystem never needs a __pycache__.
+RUN python -m pip install --no-cache-dir --python /opt/seriesflow/bin/python . \
+ && /opt/seriesflow/bin/python -c "import seriesflow.cli, store, receiver, migrations"
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="seriesflow" \
+      org.opencontainers.image.description="DICOM C-STORE receiver and series catalog store" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# Numeric user and group so Kubernetes' runAsNonRoot can verify them without /etc/passwd.
+# 10001 is the chart's runAsUser/fsGroup: change both together.
+RUN groupadd --system --gid 10001 seriesflow \
+ && useradd --system --uid 10001 --gid 10001 \
+      --home-dir /var/lib/seriesflow --no-create-home --shell /usr/sbin/nologin seriesflow \
+ && mkdir -p /var/lib/seriesflow \
+ && chown 10001:10001 /var/lib/seriesflow
+COPY --from=build /opt/seriesflow /opt/seriesflow
+ENV PATH=/opt/seriesflow/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SERIESFLOW_LISTEN_HOST=0.0.0.0 \
+    SERIESFLOW_DATA_DIR=/var/lib/seriesflow
+WORKDIR /var/lib/seriesflow
+USER 10001:10001
+# DICOM, store gRPC, store metrics, receiver metrics + health.
+EXPOSE 6667 50051 9101 9102
+ENTRYPOINT ["seriesflow"]
+CMD ["--help"]
