@@ -1,0 +1,82 @@
+"""StoreConfig: the store's settings, from SERIESFLOW_* variables and same-named flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from seriesflow import settings
+from seriesflow.settings import ConfigError, setting
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Everything the store reads at start. Build it with `settings.load(StoreConfig)`."""
+
+    database_url: str | None = setting(
+        None,
+        settings.non_empty_text,
+        "PostgreSQL URL (libpq form, e.g. postgresql://user:pass@host/seriesflow); "
+        "unset starts an embedded PostgreSQL in data_dir/postgres",
+        secret=True,
+    )
+    data_dir: Path = setting("./data", settings.path, "root folder of local state")
+    listen_host: str = setting("127.0.0.1", settings.non_empty_text, "address servers bind")
+    grpc_port: int = setting("50051", settings.port, "gRPC port of the SeriesStore service")
+    store_metrics_port: int = setting("9101", settings.port, "HTTP port serving /metrics")
+    db_pool_min_size: int = setting(
+        "1", settings.non_negative_int, "connections the pool keeps open"
+    )
+    db_pool_max_size: int = setting(
+        "10", settings.positive_int, "most connections the pool opens (bounds DB load)"
+    )
+    db_acquire_timeout: float = setting(
+        "5",
+        settings.positive_seconds,
+        "seconds a request waits for a pooled connection before answering UNAVAILABLE",
+    )
+    db_probe_interval: float = setting(
+        "1", settings.positive_seconds, "seconds between PostgreSQL health probes"
+    )
+    grpc_tls_cert: Path | None = setting(
+        None, settings.path, "PEM certificate chain for gRPC TLS (with grpc_tls_key)"
+    )
+    grpc_tls_key: Path | None = setting(None, settings.path, "PEM private key for gRPC TLS")
+    grpc_tls_client_ca: Path | None = setting(
+        None,
+        settings.path,
+        "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)",
+    )
+    shutdown_grace: float = setting(
+        "10",
+        settings.positive_seconds,
+        "seconds in-flight RPCs get to finish after SIGTERM before they are cancelled",
+    )
+    batch_max_updates: int = setting(
+        "64", settings.positive_int, "most updates of one stream merged in one transaction"
+    )
+    batch_max_instances: int = setting(
+        "20000",
+        settings.positive_int,
+        "most instances merged in one transaction (a bigger single update still goes alone)",
+    )
+    max_instances_per_update: int = setting(
+        "100000", settings.positive_int, "an update with more instances is rejected as INVALID"
+    )
+    log_level: str = setting("INFO", settings.log_level, "DEBUG, INFO, WARNING or ERROR")
+
+    def __post_init__(self) -> None:
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ConfigError(
+                "SERIESFLOW_GRPC_TLS_CERT and SERIESFLOW_GRPC_TLS_KEY must be set together"
+            )
+        if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
+            raise ConfigError(
+                "SERIESFLOW_GRPC_TLS_CLIENT_CA needs SERIESFLOW_GRPC_TLS_CERT and _KEY: "
+                "mutual TLS is TLS plus client certificates"
+            )
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ConfigError(
+                f"SERIESFLOW_DB_POOL_MIN_SIZE={self.db_pool_min_size} is larger than "
+                f"SERIESFLOW_DB_POOL_MAX_SIZE={self.db_pool_max_size}"
+            )

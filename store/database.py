@@ -1,0 +1,164 @@
+"""Connections to PostgreSQL: which URL, the connection pool, and failure translation.
+
+All database work goes through `Database.run(fn)`: it borrows a pooled connection, runs
+`fn` in one transaction, retries deadlock/serialization failures, and turns every psycopg
+error into a StoreError (store.errors) exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+from store.config import StoreConfig
+from store.errors import DatabaseUnavailable, RetryableConflict, StoreError, translate
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[tuple[object, ...]]
+
+RETRIES = 5
+
+
+def resolve_url(config: StoreConfig) -> tuple[str, Callable[[], None] | None]:
+    """The configured database URL, or start the embedded PostgreSQL in data_dir.
+
+    Returns the libpq URL and, for the embedded server, the function that stops it.
+    """
+    if config.database_url:
+        return config.database_url, None
+    from seriesflow.embedded_postgres import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(config.data_dir)
+    return embedded.url, embedded.stop
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A libpq connection string in SQLAlchemy's psycopg 3 form.
+
+    URIs (postgresql://... or postgres://...) keep everything after the scheme, including
+    a query string such as the embedded server's `?host=/socket/dir`, which SQLAlchemy
+    hands to psycopg. key=value strings (`host=/tmp dbname=sf`) are rebuilt as a URL.
+    URLs already naming a driver (postgresql+psycopg://...) are returned unchanged.
+    """
+    parts = urlsplit(url)
+    if parts.scheme in {"postgresql", "postgres"}:
+        return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
+    if parts.scheme.startswith("postgresql+"):
+        return url
+    if "://" in url or "=" not in url:
+        raise ValueError(
+            f"unsupported database URL scheme {parts.scheme!r}: expected postgresql://..."
+        )
+    from sqlalchemy.engine import URL
+
+    params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    port = params.pop("port", None)
+    return URL.create(
+        "postgresql+psycopg",
+        username=params.pop("user", None),
+        password=params.pop("password", None),
+        database=params.pop("dbname", None),
+        # A host that is a socket folder goes in the query string, as psycopg expects.
+        host=None,
+        port=int(port) if port and "," not in str(port) else None,
+        query=params,
+    ).render_as_string(hide_password=False)
+
+
+def libpq_url(url: str) -> str:
+    """The inverse of sqlalchemy_url, for psycopg.connect."""
+    parts = urlsplit(url)
+    if parts.scheme.startswith("postgresql+"):
+        return urlunsplit(parts._replace(scheme="postgresql"))
+    return url
+
+
+async def _configure(conn: Connection) -> None:
+    # UTC in every session: timestamps go in and out as UTC regardless of server settings.
+    await conn.execute("SET TIME ZONE 'UTC'")
+    await conn.commit()
+
+
+def create_pool(url: str, config: StoreConfig) -> AsyncConnectionPool[Connection]:
+    """A pool bounded by db_pool_max_size; opened (without waiting) by `Database.open`."""
+    return AsyncConnectionPool(
+        libpq_url(url),
+        min_size=config.db_pool_min_size,
+        max_size=config.db_pool_max_size,
+        timeout=config.db_acquire_timeout,
+        # A connection broken by a database restart is noticed on checkout and replaced,
+        # instead of failing the next transaction.
+        check=AsyncConnectionPool.check_connection,
+        configure=_configure,
+        kwargs={"connect_timeout": 5, "application_name": "seriesflow-store"},
+        open=False,
+        name="seriesflow-store",
+    )
+
+
+class Database:
+    """The pool plus the store's one way of running a transaction."""
+
+    def __init__(self, pool: AsyncConnectionPool[Connection], url: str) -> None:
+        self.pool = pool
+        self.url = url
+        self.up = True
+
+    async def open(self) -> None:
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def run(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run `fn(conn)` in one transaction, retrying lost deadlock/serialization races."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return await self._run_once(fn)
+            except RetryableConflict:
+                if attempt == RETRIES:
+                    raise
+                _log.info("transaction retried", extra={"fields": {"attempt": attempt}})
+                await asyncio.sleep(0.01 * attempt)
+        raise AssertionError("unreachable")
+
+    async def _run_once(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                return await fn(conn)
+        except StoreError:
+            raise
+        except (psycopg.Error, OSError) as exc:
+            # (PoolTimeout and PoolClosed are psycopg.OperationalError subclasses.)
+            raise _translate_any(exc) from exc
+
+    async def probe(self) -> bool:
+        """True when PostgreSQL answers a trivial query on a fresh connection."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                libpq_url(self.url), connect_timeout=2, autocommit=True
+            )
+        except (psycopg.Error, OSError):
+            return False
+        try:
+            await conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+        finally:
+            await conn.close()
+
+
+def _translate_any(exc: BaseException) -> StoreError:
+    if isinstance(exc, OSError):
+        return DatabaseUnavailable(f"PostgreSQL is unavailable: {exc}")
+    return translate(exc)
