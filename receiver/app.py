@@ -1,0 +1,182 @@
+"""Wire the receiver together (config -> spool -> tracker -> stream -> SCP) and run it.
+
+Start order follows the data's path backwards, so nothing is accepted before there is
+somewhere durable to put it; shutdown goes forwards: stop accepting, finish associations in
+flight, flush, close the stream cleanly, close the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import warnings
+from types import FrameType
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from seriesflow import logs, settings
+
+from . import client, metrics, scp
+from .config import ReceiverConfig
+from .flusher import Flusher
+from .health import HealthServer
+from .spool import Spool
+from .tracker import Tracker
+
+LOG = logging.getLogger(__name__)
+
+_ASSOCIATION_DRAIN_SECONDS = 10.0
+_STREAM_DRAIN_SECONDS = 5.0
+_STALL_SECONDS = 30.0
+
+
+class Receiver:
+    """One running receiver; `start()` returns once it listens, `stop()` shuts it down."""
+
+    def __init__(self, config: ReceiverConfig) -> None:
+        self.config = config
+        self.spool = Spool(config.spool_dir, config.spool_max_bytes)
+        self.tracker = Tracker(
+            config.series_idle_timeout, config.series_released_grace, config.series_max_age
+        )
+        self.flusher = Flusher(self.spool, self.tracker)
+        self.client = client.StoreClient(
+            config.store_address,
+            config.stream_window,
+            on_ok=self.flusher.on_ok,
+            on_invalid=self.flusher.on_invalid,
+            channel_credentials=client.credentials(
+                config.store_tls_ca, config.store_tls_cert, config.store_tls_key
+            ),
+        )
+        self.ae = scp.build_ae(
+            config.ae_title,
+            config.max_associations,
+            (config.acse_timeout, config.dimse_timeout, config.network_timeout),
+        )
+        self.deps = scp.ScpDeps(self.spool, self.tracker, config.ae_title, config.receiver_id)
+        self.server: ThreadedAssociationServer | None = None
+        self.health: HealthServer | None = None
+
+    @property
+    def dicom_port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    @property
+    def metrics_port(self) -> int:
+        assert self.health is not None
+        return self.health.port
+
+    def start(self) -> None:
+        recovered = self.spool.open()
+        metrics.DEAD_LETTERS.set(self.spool.count_dead_letters())
+        self.client.start()
+        self.flusher.start(self.client, recovered)
+        ssl_context = None
+        if self.config.dicom_tls_cert is not None and self.config.dicom_tls_key is not None:
+            ssl_context = scp.tls_context(self.config.dicom_tls_cert, self.config.dicom_tls_key)
+        self.server = scp.start(
+            self.ae,
+            self.config.listen_host,
+            self.config.dicom_port,
+            self.deps,
+            self.config.allowed_calling_ae_titles,
+            ssl_context,
+        )
+        self.health = HealthServer(
+            self.config.listen_host,
+            self.config.receiver_metrics_port,
+            self.live,
+            self.ready,
+            self.refresh_gauges,
+        )
+        self.health.start()
+        LOG.info(
+            "receiver listening",
+            extra={
+                "fields": {
+                    "dicom_port": self.dicom_port,
+                    "metrics_port": self.metrics_port,
+                    "recovered_instances": len(recovered),
+                }
+            },
+        )
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()  # no new associations from here on
+            deadline = time.monotonic() + _ASSOCIATION_DRAIN_SECONDS
+            while self.ae.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for association in self.ae.active_associations:
+                association.abort()
+        self.flusher.stop()
+        self.client.stop(_STREAM_DRAIN_SECONDS)
+        self.spool.close()
+        if self.health is not None:
+            self.health.stop()
+        LOG.info("receiver stopped", extra={"fields": {"pending": self.spool.stats()[0]}})
+
+    # -- health -----------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        sock = None if self.server is None else self.server.socket
+        listening = sock is not None and sock.fileno() >= 0
+        if not listening:
+            return False, "not listening for DICOM"
+        if not self.spool.writable():
+            return False, "spool not writable"
+        return True, "ready"
+
+    def live(self) -> tuple[bool, str]:
+        now = time.monotonic()
+        if not self.spool.writable() and self.spool.last_commit_ok:
+            return False, "spool writer thread stopped"
+        if now - self.flusher.last_progress > _STALL_SECONDS:
+            return False, "flusher loop stalled"
+        return True, "live"
+
+    def refresh_gauges(self) -> None:
+        pending, nbytes, age = self.spool.stats()
+        metrics.SPOOL_PENDING.set(pending)
+        metrics.SPOOL_BYTES.set(nbytes)
+        metrics.SPOOL_OLDEST_AGE.set(age)
+
+
+def quiet_libraries() -> None:
+    # pydicom warns (and logs) about odd values it still reads; those are the senders'
+    # business, and its messages may quote values. Our own fallbacks are recorded instead.
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def main(config: ReceiverConfig) -> int:
+    """Run until SIGTERM or SIGINT; exit code 0 after a clean shutdown."""
+    logs.configure(config.log_level)
+    quiet_libraries()
+    LOG.info("receiver starting", extra={"fields": {"config": settings.describe(config)}})
+    receiver = Receiver(config)
+    try:
+        receiver.start()
+    except OSError as exc:
+        LOG.error(
+            "receiver cannot start: a port is taken or the data folder is not writable",
+            extra={"fields": {"error": str(exc)}},
+        )
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(1.0):
+        pass
+    LOG.info("receiver stopping")
+    receiver.stop()
+    return 0

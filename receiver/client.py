@@ -1,0 +1,244 @@
+"""The StoreSeries client: one long-lived bidirectional stream to the store, in its own thread.
+
+At most `window` updates are on the wire without an ack. A broken stream is reopened with
+exponential backoff and jitter, and every update sent but not acked is sent again (the
+store's merge is idempotent, contract 2). Each ack is routed back by update_id: ok retires
+the spool entries, INVALID dead-letters the update, UNAVAILABLE sends it again later.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+
+from seriesflow.v1 import series_store_pb2 as pb
+from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
+
+from . import metrics
+
+LOG = logging.getLogger(__name__)
+
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+@dataclasses.dataclass
+class Pending:
+    """An update on its way to the store."""
+
+    update: pb.SeriesUpdate
+    last_instance_wall: float | None  # None when recovered after a restart
+    not_before: float = 0.0  # monotonic time before which it is not re-sent
+
+
+AckHandler = Callable[[Pending, pb.SeriesAck], None]
+
+
+def credentials(
+    ca: Path | None, cert: Path | None, key: Path | None
+) -> grpc.ChannelCredentials | None:
+    """TLS (and mTLS with cert+key) credentials, or None for plaintext."""
+    if ca is None:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+
+
+class StoreClient:
+    def __init__(
+        self,
+        address: str,
+        window: int,
+        on_ok: AckHandler,
+        on_invalid: AckHandler,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.address = address
+        self.window = window
+        self._on_ok = on_ok
+        self._on_invalid = on_invalid
+        self._credentials = channel_credentials
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._cond = threading.Condition()
+        self._backlog: collections.deque[Pending] = collections.deque()
+        self._outstanding: dict[str, Pending] = {}
+        self._generation = 0
+        self._stopping = False
+        self._call: grpc.Future | None = None
+        self._thread = threading.Thread(target=self._run, name="store-stream", daemon=True)
+        self.connected = False
+        self.last_progress = time.monotonic()
+
+    # -- public ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, pending: Pending, timeout: float | None = None) -> bool:
+        """Queue an update; blocks while `window` updates already wait. False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while len(self._backlog) >= self.window and not self._stopping:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining if remaining is not None else 1.0)
+            if self._stopping:
+                return False
+            self._backlog.append(pending)
+            self._cond.notify_all()
+        return True
+
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._backlog) + len(self._outstanding)
+
+    def stop(self, drain_timeout: float) -> None:
+        """Wait up to `drain_timeout` for queued updates' acks, then close the stream."""
+        deadline = time.monotonic() + drain_timeout
+        with self._cond:
+            # Draining only makes sense while the store answers; otherwise the spool keeps it.
+            while (
+                self.connected
+                and (self._backlog or self._outstanding)
+                and time.monotonic() < deadline
+            ):
+                self._cond.wait(0.1)
+            self._stopping = True
+            self._cond.notify_all()
+            call = self._call
+        if call is not None and (self._outstanding or self._backlog):
+            call.cancel()  # what is left is still in the spool; the next start sends it
+        self._thread.join(timeout=10)
+
+    # -- the stream thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = self._backoff_initial
+        while not self._stopping:
+            healthy = self._stream_once()
+            if self._stopping:
+                break
+            delay = self._backoff_initial if healthy else min(delay * 2, self._backoff_max)
+            metrics.STREAM_RECONNECTS.inc()
+            time.sleep(delay * random.uniform(0.5, 1.0))
+
+    def _stream_once(self) -> bool:
+        """Run one stream until it breaks; True if it got as far as an ack."""
+        if self._credentials is None:
+            channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+        else:
+            channel = grpc.secure_channel(self.address, self._credentials, _CHANNEL_OPTIONS)
+        acked = False
+        try:
+            self._wait_ready(channel)
+            stub = pb_grpc.SeriesStoreStub(channel)  # type: ignore[no-untyped-call]
+            with self._cond:
+                self._generation += 1
+                generation = self._generation
+            call = stub.StoreSeries(self._requests(generation))
+            self._call = call
+            self._set_connected(True)
+            for ack in call:
+                self._handle_ack(ack)
+                acked = True
+        except grpc.FutureTimeoutError:
+            LOG.warning(
+                "store unreachable; instances stay in the spool until it is back",
+                extra={"fields": {"store_address": self.address}},
+            )
+        except grpc.RpcError as exc:
+            if not self._stopping:
+                LOG.warning(
+                    "StoreSeries stream broke; reconnecting and re-sending unacked updates",
+                    extra={"fields": {"code": str(exc.code()), "details": exc.details()}},
+                )
+        finally:
+            self._set_connected(False)
+            self._call = None
+            with self._cond:
+                # Unacked updates go back to the front, in their original order.
+                self._backlog.extendleft(reversed(list(self._outstanding.values())))
+                self._outstanding.clear()
+                self._generation += 1
+                self._cond.notify_all()
+            channel.close()
+        return acked
+
+    def _wait_ready(self, channel: grpc.Channel) -> None:
+        ready = grpc.channel_ready_future(channel)
+        deadline = time.monotonic() + self._backoff_max
+        try:
+            while True:
+                try:
+                    ready.result(timeout=0.25)
+                    return
+                except grpc.FutureTimeoutError:
+                    if self._stopping or time.monotonic() >= deadline:
+                        raise
+        finally:
+            ready.cancel()
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        metrics.STORE_CONNECTED.set(1 if up else 0)
+
+    def _requests(self, generation: int) -> Iterator[pb.SeriesUpdate]:
+        while True:
+            with self._cond:
+                while True:
+                    if self._generation != generation or self._stopping:
+                        return
+                    if self._backlog and len(self._outstanding) < self.window:
+                        wait = self._backlog[0].not_before - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait(1.0)
+                pending = self._backlog.popleft()
+                self._outstanding[pending.update.update_id] = pending
+                self._cond.notify_all()
+            yield pending.update
+
+    def _handle_ack(self, ack: pb.SeriesAck) -> None:
+        self.last_progress = time.monotonic()
+        with self._cond:
+            pending = self._outstanding.pop(ack.update_id, None)
+            self._cond.notify_all()
+        if pending is None:
+            LOG.warning("ack for an unknown update", extra={"fields": {"update_id": ack.update_id}})
+            return
+        if ack.ok:
+            self._on_ok(pending, ack)
+        elif ack.error.kind == pb.AckError.KIND_INVALID:
+            self._on_invalid(pending, ack)
+        else:
+            # Transient (database down): send it again after a pause, keep the stream.
+            LOG.warning(
+                "store could not take an update yet; will re-send",
+                extra={"fields": {"update_id": ack.update_id, "error": ack.error.message}},
+            )
+            pending.not_before = time.monotonic() + self._backoff_max / 2
+            with self._cond:
+                self._backlog.appendleft(pending)
+                self._cond.notify_all()

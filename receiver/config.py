@@ -1,0 +1,109 @@
+"""The receiver's configuration: SERIESFLOW_* environment variables and same-named flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+
+from seriesflow import settings
+from seriesflow.settings import setting
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds, 0 or more, e.g. 2 or 0.5") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a number of seconds, 0 or more, e.g. 2 or 0.5")
+    return value
+
+
+def _optional_path(value: str) -> Path | None:
+    return settings.path(value) if value.strip() else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceiverConfig:
+    """Everything the receiver reads at start; see `seriesflow receiver --help`."""
+
+    listen_host: str = setting(
+        "127.0.0.1", settings.non_empty_text, "address the DICOM and metrics ports bind to"
+    )
+    data_dir: Path = setting(
+        "./data", settings.path, "root of local state; the spool is in data_dir/spool"
+    )
+    log_level: str = setting("INFO", settings.log_level, "DEBUG, INFO, WARNING or ERROR")
+    ae_title: str = setting("STORESCP", settings.ae_title, "AE title the receiver answers to")
+    dicom_port: int = setting("6667", settings.port, "TCP port of the DICOM Storage SCP")
+    store_address: str = setting(
+        "localhost:50051", settings.host_port, "host:port of the store's gRPC service"
+    )
+    series_idle_timeout: float = setting(
+        "10", settings.positive_seconds, "a series with no new instance for this long is complete"
+    )
+    series_released_grace: float = setting(
+        "2",
+        _non_negative_seconds,
+        "shorter idle wait once every association that carried the series was released",
+    )
+    series_max_age: float = setting(
+        "600", settings.positive_seconds, "a series receiving for longer is flushed in parts"
+    )
+    max_associations: int = setting(
+        "32", settings.positive_int, "concurrent DICOM associations accepted"
+    )
+    acse_timeout: float = setting(
+        "30", settings.positive_seconds, "association negotiation timeout"
+    )
+    dimse_timeout: float = setting("30", settings.positive_seconds, "DIMSE message timeout")
+    network_timeout: float = setting(
+        "60", settings.positive_seconds, "an association idle this long is aborted"
+    )
+    allowed_calling_ae_titles: frozenset[str] = setting(
+        "", settings.ae_title_set, "comma-separated calling AE titles allowed; empty allows all"
+    )
+    dicom_tls_cert: Path | None = setting(
+        "", _optional_path, "PEM certificate for DICOM TLS; empty for plain TCP"
+    )
+    dicom_tls_key: Path | None = setting("", _optional_path, "PEM private key for DICOM TLS")
+    spool_max_bytes: int = setting(
+        "1GiB", settings.byte_size, "pending spool size beyond which C-STORE answers 0xA700"
+    )
+    receiver_metrics_port: int = setting(
+        "9102", settings.port, "HTTP port of /metrics, /livez and /readyz"
+    )
+    receiver_id: str = setting(
+        socket.gethostname() or "receiver",
+        settings.non_empty_text,
+        "identity of this receiver replica in every update (e.g. the pod name)",
+    )
+    store_tls_ca: Path | None = setting(
+        "", _optional_path, "PEM CA bundle to verify the store; empty for plaintext gRPC"
+    )
+    store_tls_cert: Path | None = setting(
+        "", _optional_path, "PEM client certificate for mTLS to the store"
+    )
+    store_tls_key: Path | None = setting("", _optional_path, "PEM client key for mTLS to the store")
+    stream_window: int = setting(
+        "64", settings.positive_int, "series updates sent to the store and not yet acked, at most"
+    )
+
+    def __post_init__(self) -> None:
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise settings.ConfigError(
+                "SERIESFLOW_DICOM_TLS_CERT and SERIESFLOW_DICOM_TLS_KEY must be set together"
+            )
+        if (self.store_tls_cert is None) != (self.store_tls_key is None):
+            raise settings.ConfigError(
+                "SERIESFLOW_STORE_TLS_CERT and SERIESFLOW_STORE_TLS_KEY must be set together"
+            )
+        if self.store_tls_cert is not None and self.store_tls_ca is None:
+            raise settings.ConfigError(
+                "SERIESFLOW_STORE_TLS_CERT needs SERIESFLOW_STORE_TLS_CA (mTLS implies TLS)"
+            )
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"

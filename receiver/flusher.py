@@ -1,0 +1,164 @@
+"""Move due series from the tracker to the store stream, and acks back to the spool.
+
+The flusher thread sleeps until the tracker's next deadline, takes the due groups, records
+each update's id in the spool (so a restart re-sends the same update), and queues it on the
+stream. Ack handlers (called from the stream thread) retire or dead-letter spool entries.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+
+from seriesflow.v1 import series_store_pb2 as pb
+
+from . import metrics, updates
+from .client import Pending, StoreClient
+from .spool import DeadLetter, Entry, Spool
+from .tracker import Flush, Tracker
+
+LOG = logging.getLogger(__name__)
+
+_KIND_NAMES = {
+    pb.AckError.KIND_UNSPECIFIED: "unspecified",
+    pb.AckError.KIND_INVALID: "invalid",
+    pb.AckError.KIND_UNAVAILABLE: "unavailable",
+}
+
+
+class Flusher:
+    def __init__(self, spool: Spool, tracker: Tracker) -> None:
+        self.spool = spool
+        self.tracker = tracker
+        self.client: StoreClient | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
+        self._recovered: list[Entry] = []
+        self.last_progress = time.monotonic()
+
+    def start(self, client: StoreClient, recovered: list[Entry]) -> None:
+        self.client = client
+        self._recovered = recovered
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.tracker.changed.set()
+        self._thread.join(timeout=10)
+
+    # -- flusher thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._recover()
+        while not self._stopping.is_set():
+            self.last_progress = time.monotonic()
+            wait = self.tracker.next_deadline()
+            # Wake at the next deadline, when an instance arrives, or at least every second.
+            self.tracker.changed.wait(1.0 if wait is None else min(wait + 0.005, 1.0))
+            self.tracker.changed.clear()
+            for flush in self.tracker.due():
+                try:
+                    self._flush(flush)
+                except Exception:
+                    # Never lose the loop: the entries stay in the spool, sent after restart.
+                    LOG.exception(
+                        "flushing a series failed", extra={"fields": {"series": flush.series_uid}}
+                    )
+
+    def _recover(self) -> None:
+        """Re-send updates that were assigned before a restart; re-track the rest."""
+        assigned: dict[str, list[Entry]] = collections.defaultdict(list)
+        for entry in self._recovered:
+            if entry.update_id is None:
+                self.tracker.add(
+                    entry.series_uid, entry.seq, None, True, received_wall=entry.received_at
+                )
+            else:
+                assigned[entry.update_id].append(entry)
+        if self._recovered:
+            LOG.info(
+                "spool recovered",
+                extra={
+                    "fields": {
+                        "pending_instances": len(self._recovered),
+                        "updates_to_resend": len(assigned),
+                    }
+                },
+            )
+        self._recovered = []
+        for update_id, entries in assigned.items():
+            if self._stopping.is_set():
+                return
+            payloads = self.spool.payloads(e.seq for e in entries)
+            update = updates.merge(update_id, payloads, entries[0].completion)
+            self._submit(Pending(update, None))
+
+    def _flush(self, flush: Flush) -> None:
+        metrics.SERIES_FLUSHED.labels(reason=flush.reason.value).inc()
+        parts = updates.chunks(flush.seqs)
+        for index, seqs in enumerate(parts):
+            # Only the last part carries the completion reason; earlier parts are partial.
+            last = index == len(parts) - 1
+            completion = (
+                updates.COMPLETION[flush.reason] if last else pb.COMPLETION_REASON_UNSPECIFIED
+            )
+            update_id = uuid.uuid4().hex
+            self.spool.assign(update_id, completion, seqs)
+            update = updates.merge(update_id, self.spool.payloads(seqs), completion)
+            LOG.debug(
+                "series flushed",
+                extra={
+                    "fields": {
+                        "series": flush.series_uid,
+                        "reason": flush.reason.value,
+                        "instances": len(update.instances),
+                        "update_id": update_id,
+                    }
+                },
+            )
+            self._submit(Pending(update, flush.last_instance_wall))
+
+    def _submit(self, pending: Pending) -> None:
+        assert self.client is not None
+        while not self.client.submit(pending, timeout=1.0):
+            self.last_progress = time.monotonic()  # waiting on the store is progress too
+            if self._stopping.is_set():
+                return  # stays in the spool, assigned: re-sent at the next start
+
+    # -- ack handlers (stream thread) -----------------------------------------------
+
+    def on_ok(self, pending: Pending, ack: pb.SeriesAck) -> None:
+        self.spool.retire(ack.update_id)
+        if pending.last_instance_wall is not None:
+            metrics.ACK_LATENCY.observe(max(0.0, time.time() - pending.last_instance_wall))
+
+    def on_invalid(self, pending: Pending, ack: pb.SeriesAck) -> None:
+        update = pending.update
+        LOG.error(
+            "store rejected an update as invalid; kept as a dead letter "
+            "(list with `seriesflow receiver dead-letters`)",
+            extra={
+                "fields": {
+                    "update_id": update.update_id,
+                    "series": update.series.series_instance_uid,
+                    "field": ack.error.field,
+                    "error": ack.error.message,
+                }
+            },
+        )
+        self.spool.dead_letter(
+            DeadLetter(
+                update_id=update.update_id,
+                created_at=time.time(),
+                series_uid=update.series.series_instance_uid,
+                num_instances=len(update.instances),
+                error_kind=_KIND_NAMES.get(ack.error.kind, "unspecified"),
+                error_field=ack.error.field,
+                error_message=ack.error.message,
+                payload=update.SerializeToString(),
+            )
+        )
+        metrics.DEAD_LETTERS.inc()

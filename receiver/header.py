@@ -1,0 +1,320 @@
+"""Read one received dataset's header: parse, decode text, validate UIDs, build the spool record.
+
+Pixel data is never decoded or even parsed: reading stops at the first pixel data element.
+Every failure is raised as a `Rejection` carrying the DICOM status the sender gets; the SCP
+handler turns it into the C-STORE response (handlers never raise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import zlib
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydicom.charset import python_encoding
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from seriesflow.v1 import series_store_pb2 as pb
+
+# C-STORE statuses (PS3.4 B.2.3). 0xA7xx tells the sender to retry later; 0xA9xx/0xCxxx not.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+# Reasons for the instances counter: a fixed set so metric labels stay bounded.
+REASONS = (
+    "stored",
+    "missing_uid",
+    "malformed_uid",
+    "unparseable",
+    "spool_full",
+    "spool_unavailable",
+    "internal_error",
+)
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+IMPLICIT_LITTLE = "1.2.840.10008.1.2"
+EXPLICIT_BIG = "1.2.840.10008.1.2.2"
+
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_UNDEFINED = 0xFFFFFFFF
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
+# Lenient on purpose: leading zeros inside a component are invalid DICOM but common in the
+# wild and harmless as identifiers, so only structure and length are enforced.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+class Rejection(Exception):
+    """The instance cannot be accepted; `status` and `comment` go back to the sender."""
+
+    def __init__(self, status: int, reason: str, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.reason = reason
+        self.comment = comment
+
+
+@dataclasses.dataclass
+class ParsedHeader:
+    """One instance's header, decoded and validated."""
+
+    dataset: Dataset
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    size_bytes: int
+    transfer_syntax_uid: str
+    fallbacks: set[str]
+
+
+def parse(raw: bytes, transfer_syntax_uid: str) -> ParsedHeader:
+    """Parse the header of a C-STORE dataset encoded in `transfer_syntax_uid`."""
+    dataset = _read(raw, transfer_syntax_uid)
+    fallbacks: set[str] = set()
+    uids = [_uid(dataset, keyword) for keyword in _REQUIRED_UIDS]
+    return ParsedHeader(
+        dataset=dataset,
+        study_uid=uids[0],
+        series_uid=uids[1],
+        sop_instance_uid=uids[2],
+        size_bytes=len(raw),
+        transfer_syntax_uid=str(transfer_syntax_uid),
+        fallbacks=fallbacks,
+    )
+
+
+def _read(raw: bytes, transfer_syntax_uid: str) -> Dataset:
+    implicit = transfer_syntax_uid == IMPLICIT_LITTLE
+    little = transfer_syntax_uid != EXPLICIT_BIG
+    if transfer_syntax_uid == DEFLATED:
+        try:
+            raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+        except zlib.error as exc:
+            raise Rejection(
+                CANNOT_UNDERSTAND, "unparseable", f"deflated dataset does not inflate: {exc}"
+            ) from None
+    seen: list[tuple[int, int, int]] = []
+    stream = io.BytesIO(raw)
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        # Remember where each top-level element ends, to catch truncation below.
+        seen.append((tag, length, stream.tell()))
+        return tag in _PIXEL_TAGS
+
+    try:
+        # Values stay raw until used: converting all ~250 elements of a CT header would
+        # cost more than parsing it, and only a few are needed per instance.
+        dataset = read_dataset(stream, implicit, little, stop_when=stop)
+    except Rejection:
+        raise
+    except Exception as exc:  # pydicom raises many types on hostile bytes
+        raise Rejection(
+            CANNOT_UNDERSTAND, "unparseable", f"dataset cannot be parsed: {exc}"[:200]
+        ) from None
+    _check_complete(seen, len(raw))
+    return dataset
+
+
+def _check_complete(seen: list[tuple[int, int, int]], total: int) -> None:
+    if not seen:
+        raise Rejection(CANNOT_UNDERSTAND, "unparseable", "dataset is empty or not DICOM")
+    tag, length, end_of_header = seen[-1]
+    if tag in _PIXEL_TAGS:
+        if length != _UNDEFINED and end_of_header + length > total:
+            raise Rejection(
+                CANNOT_UNDERSTAND, "unparseable", "dataset is truncated inside its pixel data"
+            )
+        return
+    if length == _UNDEFINED:
+        return  # a sequence: its items were parsed with their own length checks
+    if end_of_header + length != total:
+        raise Rejection(
+            CANNOT_UNDERSTAND,
+            "unparseable",
+            f"dataset is truncated or has {total - end_of_header - length:+d} stray bytes "
+            f"after element ({tag >> 16:04X},{tag & 0xFFFF:04X})",
+        )
+
+
+def _uid(dataset: Dataset, keyword: str) -> str:
+    element = dataset.get(keyword)
+    value = "" if element is None else element
+    if isinstance(value, MultiValue):
+        raise Rejection(
+            DATASET_DOES_NOT_MATCH, "malformed_uid", f"{keyword} has more than one value"
+        )
+    text = str(value).replace("\x00", "").strip()
+    if not text:
+        raise Rejection(DATASET_DOES_NOT_MATCH, "missing_uid", f"{keyword} is missing or empty")
+    if len(text) > 64 or not _UID.match(text):
+        raise Rejection(
+            DATASET_DOES_NOT_MATCH,
+            "malformed_uid",
+            f"{keyword} is malformed (expected digits and dots, at most 64 characters)",
+        )
+    return text
+
+
+def text(header: ParsedHeader, keyword: str) -> str:
+    """An attribute as Unicode text (values joined by backslash); empty when absent.
+
+    Text that did not decode per SpecificCharacterSet was decoded best-effort by pydicom
+    (replacement characters); the keyword is recorded in `header.fallbacks`.
+    """
+    value = header.dataset.get(keyword)
+    if value is None:
+        return ""
+    multi = isinstance(value, MultiValue)
+    out = "\\".join(_scalar(v) for v in value) if multi else _scalar(value)
+    if "\ufffd" in out:
+        header.fallbacks.add(keyword)
+    return out.replace("\x00", "")
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, PersonName):
+        return str(value).rstrip("\x00 ")
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value).strip()
+
+
+def integer(header: ParsedHeader, keyword: str) -> int | None:
+    """An IS attribute as int, or None when absent, empty or not a 32-bit integer."""
+    value = header.dataset.get(keyword)
+    if isinstance(value, MultiValue):
+        value = value[0] if value else None
+    try:
+        number = int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+    if number is None or not -(2**31) <= number < 2**31:
+        return None
+    return number
+
+
+def charset_fallback(header: ParsedHeader) -> None:
+    """Record an unknown SpecificCharacterSet term: pydicom then decodes as ASCII/Latin-1."""
+    terms = header.dataset.get("SpecificCharacterSet")
+    if terms is None:
+        return
+    values = terms if isinstance(terms, MultiValue) else [terms]
+    for term in values:
+        cleaned = str(term).strip()
+        if cleaned and cleaned not in python_encoding:
+            header.fallbacks.add("SpecificCharacterSet")
+
+
+def build_record(
+    header: ParsedHeader,
+    *,
+    received_at: Timestamp,
+    calling_ae_title: str,
+    called_ae_title: str,
+    receiver_id: str,
+    representative: bool,
+) -> pb.SeriesUpdate:
+    """The instance as a one-instance SeriesUpdate: the unit the spool keeps."""
+    charset_fallback(header)
+    record = pb.SeriesUpdate(
+        patient=pb.PatientAttributes(
+            patient_id=text(header, "PatientID"),
+            issuer_of_patient_id=text(header, "IssuerOfPatientID"),
+            patient_name=text(header, "PatientName"),
+            patient_birth_date=text(header, "PatientBirthDate"),
+            patient_sex=text(header, "PatientSex"),
+        ),
+        study=pb.StudyAttributes(
+            study_instance_uid=header.study_uid,
+            study_date=text(header, "StudyDate"),
+            study_time=text(header, "StudyTime"),
+            study_description=text(header, "StudyDescription"),
+            accession_number=text(header, "AccessionNumber"),
+            study_id=text(header, "StudyID"),
+            referring_physician_name=text(header, "ReferringPhysicianName"),
+        ),
+        series=pb.SeriesAttributes(
+            series_instance_uid=header.series_uid,
+            modality=text(header, "Modality"),
+            series_number=integer(header, "SeriesNumber"),
+            series_description=text(header, "SeriesDescription"),
+            body_part_examined=text(header, "BodyPartExamined"),
+            manufacturer=text(header, "Manufacturer"),
+            manufacturer_model_name=text(header, "ManufacturerModelName"),
+            station_name=text(header, "StationName"),
+            institution_name=text(header, "InstitutionName"),
+            series_date=text(header, "SeriesDate"),
+            series_time=text(header, "SeriesTime"),
+            protocol_name=text(header, "ProtocolName"),
+        ),
+        instances=[
+            pb.Instance(
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=text(header, "SOPClassUID"),
+                instance_number=integer(header, "InstanceNumber"),
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                size_bytes=header.size_bytes,
+                received_at=received_at,
+            )
+        ],
+        source=pb.Source(
+            calling_ae_title=calling_ae_title,
+            called_ae_title=called_ae_title,
+            receiver_id=receiver_id,
+        ),
+    )
+    if representative:
+        record.representative_header_json = representative_json(header)
+    record.text_decoding_fallbacks.extend(sorted(header.fallbacks))
+    return record
+
+
+def representative_json(header: ParsedHeader) -> str:
+    """The header as DICOM JSON (PS3.18 F) without bulk data, NUL characters removed.
+
+    Also records decoding fallbacks for every text attribute it meets.
+    """
+
+    def drop_bulk(element: DataElement) -> str:
+        return ""  # replaced by a BulkDataURI key that `_clean` then removes
+
+    as_dict = header.dataset.to_json_dict(
+        bulk_data_threshold=1024, bulk_data_element_handler=drop_bulk
+    )
+    _scan_text(header.dataset, header.fallbacks)
+    return json.dumps(_clean(as_dict), ensure_ascii=False, separators=(",", ":"))
+
+
+def _scan_text(dataset: Dataset, fallbacks: set[str]) -> None:
+    for element in dataset.iterall():
+        if isinstance(element, RawDataElement) or element.VR not in _TEXT_VRS:
+            continue
+        if "\ufffd" in str(element.value):
+            fallbacks.add(element.keyword or f"{element.tag:08X}")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "BulkDataURI" in value:
+            return None
+        out = {}
+        for key, item in value.items():
+            cleaned = _clean(item)
+            if cleaned is not None:
+                out[key] = cleaned
+        return out
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    return value

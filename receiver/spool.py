@@ -1,0 +1,341 @@
+"""The durable spool: every accepted instance is kept here until the store acks it.
+
+One SQLite database in WAL mode under data_dir/spool. Writes go through one writer thread
+that commits whatever has queued up in one transaction ("group commit"), so any number of
+associations share each fsync; `append` returns only after its commit, which is what lets
+the SCP answer C-STORE success (contract 1).
+
+Entries move through three states: pending (update_id NULL), assigned to an update
+(update_id set, sent or about to be), and gone (retired after the store's ack, or moved to
+the dead-letter table when the store rejects the update as invalid).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+
+# Bytes counted per entry beyond its payload: row and index overhead, roughly.
+ENTRY_OVERHEAD = 96
+_MAX_BATCH = 1024
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_uid TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    nbytes INTEGER NOT NULL,
+    update_id TEXT,
+    completion INTEGER NOT NULL DEFAULT 0,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_update_id ON entries (update_id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    update_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    series_uid TEXT NOT NULL,
+    num_instances INTEGER NOT NULL,
+    error_kind TEXT NOT NULL,
+    error_field TEXT NOT NULL,
+    error_message TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+class SpoolError(Exception):
+    """Base of the spool's errors."""
+
+
+class SpoolFull(SpoolError):
+    """The pending entries reached spool_max_bytes; the sender should retry later (0xA700)."""
+
+
+class SpoolUnavailable(SpoolError):
+    """The spool could not write (disk full, I/O error, closed); retry later (0xA700)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    seq: int
+    series_uid: str
+    received_at: float
+    nbytes: int
+    update_id: str | None
+    completion: int  # the update's CompletionReason value, once assigned
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    update_id: str
+    created_at: float
+    series_uid: str
+    num_instances: int
+    error_kind: str
+    error_field: str
+    error_message: str
+    payload: bytes
+
+
+_Op = tuple[Callable[[sqlite3.Connection], Any], "concurrent.futures.Future[Any] | None"]
+
+
+class Spool:
+    """The spool database and its group-commit writer thread."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.path = directory / "spool.sqlite3"
+        self.max_bytes = max_bytes
+        self._ops: queue.Queue[_Op | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending_bytes = 0
+        self._pending_count = 0
+        self._readers = threading.local()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        self.last_commit_ok = True
+        self.last_progress = time.monotonic()
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def open(self) -> list[Entry]:
+        """Create or recover the spool; return every entry still waiting for an ack."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        conn.executescript(_SCHEMA)
+        rows = conn.execute(
+            "SELECT seq, series_uid, received_at, nbytes, update_id, completion "
+            "FROM entries ORDER BY seq"
+        ).fetchall()
+        entries = [Entry(*row) for row in rows]
+        for entry in entries:
+            self._pending_bytes += entry.nbytes
+            self._pending_count += 1
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="spool-writer", daemon=True
+        )
+        self._writer.start()
+        return entries
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the writer."""
+        if self._writer is None or self._closed:
+            return
+        self._closed = True
+        self._ops.put(None)
+        self._writer.join(timeout=30)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: each commit's WAL append is fsynced, so an ack survives power loss too.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    # -- writes (writer thread) -----------------------------------------------------
+
+    def append(self, series_uid: str, payload: bytes, received_at: float) -> int:
+        """Keep one instance durably; returns its sequence number once committed."""
+        nbytes = len(payload) + ENTRY_OVERHEAD
+        with self._lock:
+            if self._closed:
+                raise SpoolUnavailable("the spool is closed (receiver shutting down)")
+            if self._pending_bytes + nbytes > self.max_bytes:
+                raise SpoolFull(
+                    f"spool holds {self._pending_bytes} bytes not yet delivered "
+                    f"(limit {self.max_bytes})"
+                )
+            self._pending_bytes += nbytes
+            self._pending_count += 1
+
+        def insert(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "INSERT INTO entries (series_uid, received_at, nbytes, payload) VALUES (?,?,?,?)",
+                (series_uid, received_at, nbytes, payload),
+            )
+            return int(cursor.lastrowid or 0)
+
+        try:
+            seq = int(self._submit(insert).result())
+        except BaseException:
+            with self._lock:
+                self._pending_bytes -= nbytes
+                self._pending_count -= 1
+            raise
+        return seq
+
+    def assign(self, update_id: str, completion: int, seqs: Sequence[int]) -> None:
+        """Record that these entries travel in update `update_id` (kept across restarts)."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE entries SET update_id = ?, completion = ? WHERE seq = ?",
+                [(update_id, completion, s) for s in seqs],
+            )
+
+        self._submit(update).result()
+
+    def retire(self, update_id: str) -> None:
+        """The store acked `update_id`: forget its entries (not waited for)."""
+
+        def delete(conn: sqlite3.Connection) -> None:
+            self._forget(conn, update_id)
+            conn.execute("DELETE FROM entries WHERE update_id = ?", (update_id,))
+
+        self._submit(delete, wait=False)
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        """The store rejected `letter.update_id` as invalid: keep it aside, retire its entries."""
+
+        def move(conn: sqlite3.Connection) -> None:
+            self._forget(conn, letter.update_id)
+            conn.execute(
+                "INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?,?,?,?,?)",
+                dataclasses.astuple(letter),
+            )
+            conn.execute("DELETE FROM entries WHERE update_id = ?", (letter.update_id,))
+
+        self._submit(move).result()
+
+    def delete_dead_letter(self, update_id: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM dead_letters WHERE update_id = ?", (update_id,))
+
+        self._submit(delete).result()
+
+    def _forget(self, conn: sqlite3.Connection, update_id: str) -> None:
+        rows = conn.execute(
+            "SELECT seq, nbytes FROM entries WHERE update_id = ?", (update_id,)
+        ).fetchall()
+        with self._lock:
+            for _seq, nbytes in rows:
+                self._pending_bytes -= nbytes
+                self._pending_count -= 1
+
+    def _submit(
+        self, operation: Callable[[sqlite3.Connection], Any], wait: bool = True
+    ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self._closed:
+            future.set_exception(SpoolUnavailable("the spool is closed"))
+            return future
+        self._ops.put((operation, future))
+        return future
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        stopping = False
+        while not stopping:
+            first = self._ops.get()
+            batch: list[_Op] = []
+            if first is None:
+                stopping = True
+            else:
+                batch.append(first)
+            # Take everything queued meanwhile: one commit (one fsync) for all of it.
+            while len(batch) < _MAX_BATCH:
+                try:
+                    op = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stopping = True
+                else:
+                    batch.append(op)
+            if batch:
+                self._commit(conn, batch)
+            self.last_progress = time.monotonic()
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        results: list[Any] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for operation, _ in batch:
+                results.append(operation(conn))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.last_commit_ok = False
+            LOG.error(
+                "spool write failed; answering 0xA700 until it works again",
+                extra={"fields": {"error": str(exc), "spool": str(self.path)}},
+            )
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            for _, future in batch:
+                if future is not None:
+                    future.set_exception(SpoolUnavailable(f"spool write failed: {exc}"))
+            return
+        self.last_commit_ok = True
+        for (_, future), result in zip(batch, results, strict=True):
+            if future is not None:
+                future.set_result(result)
+
+    # -- reads (any thread) ---------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._readers.conn = conn
+        return conn
+
+    def payloads(self, seqs: Iterable[int]) -> list[bytes]:
+        """The payloads of these entries, in the order given (missing ones skipped)."""
+        wanted = list(seqs)
+        found: dict[int, bytes] = {}
+        conn = self._reader()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for seq, payload in conn.execute(
+                f"SELECT seq, payload FROM entries WHERE seq IN ({marks})", chunk
+            ):
+                found[seq] = payload
+        return [found[s] for s in wanted if s in found]
+
+    def dead_letters(self, update_ids: Sequence[str] = ()) -> list[DeadLetter]:
+        conn = self._reader()
+        if update_ids:
+            marks = ",".join("?" * len(update_ids))
+            rows = conn.execute(
+                f"SELECT * FROM dead_letters WHERE update_id IN ({marks}) ORDER BY created_at",
+                list(update_ids),
+            ).fetchall()
+        else:
+            rows = conn.execute("SELECT * FROM dead_letters ORDER BY created_at").fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def count_dead_letters(self) -> int:
+        return int(self._reader().execute("SELECT count(*) FROM dead_letters").fetchone()[0])
+
+    # -- gauges ---------------------------------------------------------------------
+
+    def stats(self) -> tuple[int, int, float]:
+        """(pending instances, pending bytes, age in seconds of the oldest pending entry)."""
+        with self._lock:
+            count, nbytes = self._pending_count, self._pending_bytes
+        # seq grows with arrival, so the lowest seq is the oldest entry (an index lookup).
+        row = (
+            self._reader()
+            .execute("SELECT received_at FROM entries ORDER BY seq LIMIT 1")
+            .fetchone()
+        )
+        oldest = None if row is None else float(row[0])
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
+        return count, nbytes, age
+
+    def writable(self) -> bool:
+        alive = self._writer is not None and self._writer.is_alive() and not self._closed
+        return alive and self.last_commit_ok

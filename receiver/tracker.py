@@ -1,0 +1,151 @@
+"""Group spooled instances by series and decide when each series is flushed, and why.
+
+Nothing in DICOM says a series is finished, so completion is a guess (contract 3):
+- IDLE: no new instance of the series for `idle_timeout` seconds;
+- RELEASED: every association that carried the series was released normally and
+  `released_grace` seconds (shorter) passed since its last instance;
+- MAX_AGE: the open group is older than `max_age`; it is flushed as a part and the series
+  stays open for what follows.
+An instance arriving after its series was flushed opens a new group: the store reopens
+the series and updates its counts. Any number of associations may feed one series.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+import time
+from collections.abc import Callable
+
+
+class Reason(enum.Enum):
+    IDLE = "idle"
+    RELEASED = "released"
+    MAX_AGE = "max_age"
+
+
+@dataclasses.dataclass
+class _Group:
+    series_uid: str
+    first_at: float
+    last_at: float
+    last_wall: float
+    seqs: list[int] = dataclasses.field(default_factory=list)
+    associations: set[int] = dataclasses.field(default_factory=set)
+    released: bool = False  # every carrying association ended with a normal release
+    has_representative: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Flush:
+    """One series' instances to send now, and why now."""
+
+    series_uid: str
+    seqs: list[int]
+    reason: Reason
+    last_instance_wall: float  # time.time() of the group's latest instance, for latency
+
+
+class Tracker:
+    """Thread-safe: SCP handler threads add, the flusher thread takes what is due."""
+
+    def __init__(
+        self,
+        idle_timeout: float,
+        released_grace: float,
+        max_age: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self.released_grace = min(released_grace, idle_timeout)
+        self.max_age = max_age
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._groups: dict[str, _Group] = {}
+        self._carried: dict[int, set[str]] = {}  # open association -> series it carried
+        self.changed = threading.Event()  # wakes the flusher when deadlines may move
+
+    def needs_representative(self, series_uid: str) -> bool:
+        """Whether the next instance of this series should carry the full header."""
+        with self._lock:
+            group = self._groups.get(series_uid)
+            return group is None or not group.has_representative
+
+    def add(
+        self,
+        series_uid: str,
+        seq: int,
+        association: int | None,
+        representative: bool,
+        received_wall: float | None = None,
+    ) -> None:
+        """Record one spooled instance; `association` None means recovered from the spool."""
+        now = self._clock()
+        wall = time.time() if received_wall is None else received_wall
+        with self._lock:
+            group = self._groups.get(series_uid)
+            if group is None:
+                group = _Group(series_uid, first_at=now, last_at=now, last_wall=wall)
+                # Recovered entries have no sender attached any more: the short grace applies.
+                group.released = association is None
+                self._groups[series_uid] = group
+            group.seqs.append(seq)
+            group.last_at = now
+            group.last_wall = max(group.last_wall, wall)
+            group.has_representative |= representative
+            if association is not None:
+                group.associations.add(association)
+                group.released = False
+                self._carried.setdefault(association, set()).add(series_uid)
+        self.changed.set()
+
+    def association_ended(self, association: int, released: bool) -> None:
+        """A normal release starts the grace of its series; an abort leaves them on idle."""
+        with self._lock:
+            for series_uid in self._carried.pop(association, ()):
+                group = self._groups.get(series_uid)
+                if group is None or association not in group.associations:
+                    continue
+                group.associations.discard(association)
+                if not group.associations:
+                    group.released = released
+        self.changed.set()
+
+    def due(self) -> list[Flush]:
+        """Remove and return every group whose completion condition holds now."""
+        now = self._clock()
+        flushes: list[Flush] = []
+        with self._lock:
+            for series_uid, group in list(self._groups.items()):
+                reason = self._reason(group, now)
+                if reason is not None:
+                    del self._groups[series_uid]
+                    flushes.append(Flush(series_uid, group.seqs, reason, group.last_wall))
+        return flushes
+
+    def _reason(self, group: _Group, now: float) -> Reason | None:
+        idle = now - group.last_at
+        if now - group.first_at >= self.max_age:
+            return Reason.MAX_AGE
+        if group.released and not group.associations and idle >= self.released_grace:
+            return Reason.RELEASED
+        if idle >= self.idle_timeout:
+            return Reason.IDLE
+        return None
+
+    def next_deadline(self) -> float | None:
+        """Seconds until the earliest group may become due, or None when nothing is open."""
+        now = self._clock()
+        with self._lock:
+            waits = []
+            for group in self._groups.values():
+                wait = min(group.first_at + self.max_age, group.last_at + self.idle_timeout)
+                if group.released and not group.associations:
+                    wait = min(wait, group.last_at + self.released_grace)
+                waits.append(wait - now)
+        return max(0.0, min(waits)) if waits else None
+
+    def open_series(self) -> int:
+        with self._lock:
+            return len(self._groups)
