@@ -1,0 +1,127 @@
+"""gRPC server metrics (grpc_server_started_total, _handled_total, _handling_seconds).
+
+Names and labels follow the go-grpc-prometheus conventions so stock dashboards work. The
+interceptor wraps every method handler, including health and reflection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+_TYPES = {
+    (False, False): "unary",
+    (False, True): "server_stream",
+    (True, False): "client_stream",
+    (True, True): "bidi_stream",
+}
+
+
+class GrpcMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["grpc_service", "grpc_method", "grpc_type"]
+        self.started = Counter(
+            "grpc_server_started_total", "RPCs started on the server", labels, registry=registry
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code",
+            [*labels, "grpc_code"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Duration of RPCs until the server finished them",
+            labels,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300),
+            registry=registry,
+        )
+
+
+def _code_of(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    if isinstance(code, int):  # grpc.aio may hold the raw cygrpc integer
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return str(status.name)
+    if error is None:
+        return "OK"
+    return "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, metrics: GrpcMetrics) -> None:
+        self._m = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        rpc_type = _TYPES[(handler.request_streaming, handler.response_streaming)]
+        labels = (service, method, rpc_type)
+        m = self._m
+
+        def finish(start: float, ctx: Any, error: BaseException | None) -> None:
+            m.handled.labels(*labels, _code_of(ctx, error)).inc()
+            m.seconds.labels(*labels).observe(time.perf_counter() - start)
+
+        if handler.response_streaming:
+            inner_stream = handler.stream_stream or handler.unary_stream
+
+            async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+                m.started.labels(*labels).inc()
+                start, error = time.perf_counter(), None
+                try:
+                    result = inner_stream(request, context)
+                    if inspect.isasyncgen(result):
+                        async for item in result:
+                            yield item
+                    else:  # a handler that writes with context.write() and returns None
+                        await result
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(start, context, error)
+
+            if handler.request_streaming:
+                return grpc.stream_stream_rpc_method_handler(
+                    streaming, handler.request_deserializer, handler.response_serializer
+                )
+            return grpc.unary_stream_rpc_method_handler(
+                streaming, handler.request_deserializer, handler.response_serializer
+            )
+
+        inner = handler.unary_unary or handler.stream_unary
+
+        async def unary(request: Any, context: Any) -> Any:
+            m.started.labels(*labels).inc()
+            start, error = time.perf_counter(), None
+            try:
+                return await inner(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(start, context, error)
+
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            unary, handler.request_deserializer, handler.response_serializer
+        )

@@ -1,0 +1,503 @@
+"""Idempotent, order-free merge of validated SeriesUpdates into the catalog.
+
+`merge(conn, updates)` writes a batch of updates (group commit: the caller runs it in one
+transaction and acks each update only after that commits). Rules, all idempotent:
+
+- Identity. Patients are keyed by (PatientID, IssuerOfPatientID), studies by
+  StudyInstanceUID, series by SeriesInstanceUID, instances by SOPInstanceUID.
+- Instances. An instance is inserted once (ON CONFLICT DO NOTHING); re-sending it is a
+  "duplicate" and changes nothing. num_instances and total_size_bytes are increased by
+  exactly the rows this transaction inserted, under the series' row lock, so they equal the
+  number of distinct SOPInstanceUIDs even with any number of concurrent writers.
+  first/last_received_at are the min/max received_at of the stored instances.
+- Conflict: instance_in_other_series. A SOPInstanceUID already stored under another series
+  stays with the series that stored it first; the update's claim is counted and recorded
+  in merge_conflicts (subject = the SOP UID, kept = holding series, rejected = claimed one).
+- Conflict: study_patient_mismatch. A study keeps the patient of the first update that
+  named it. A later update naming another (PatientID, Issuer) is still merged into the
+  study; the mismatch is counted and recorded. The other patient's own row is still
+  created/updated from the update (so an operator can find it), with no study.
+- Conflict: series_study_mismatch. Likewise, a series keeps its first study.
+- Attributes. Text attributes take the latest non-empty value received; empty never
+  erases. A representative header, when given, replaces the stored one. Text-decoding
+  fallbacks accumulate (a set).
+- Completion. Reason IDLE or RELEASED makes the series COMPLETE (completed_at set when it
+  becomes complete or gains instances). Reason MAX_AGE or UNSPECIFIED adding at least one
+  new instance makes it RECEIVING (a COMPLETE series reopens, completed_at cleared); without
+  new instances (a re-send) the status is left as it is. A new series starts RECEIVING.
+
+Locking. Every statement touches rows in a fixed order (patients by key, studies, series by
+UID, instances by SOP UID, conflicts by key), and each transaction locks its series rows
+(by the upsert) before inserting their instances, so concurrent writers queue instead of
+deadlocking; a deadlock that happens anyway is retried by Database.run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from store.database import Connection
+from store.validation import ValidUpdate
+
+COMPLETING = ("IDLE", "RELEASED")
+
+
+@dataclass
+class SeriesState:
+    num_instances: int
+    status: str  # RECEIVING or COMPLETE
+
+
+@dataclass
+class BatchResult:
+    """What a committed batch did: per-series state for the acks, counts for metrics."""
+
+    series: dict[str, SeriesState] = field(default_factory=dict)
+    new: int = 0
+    duplicate: int = 0
+    conflicts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass(frozen=True)
+class _Conflict:
+    kind: str
+    subject_uid: str
+    kept_value: str
+    rejected_value: str
+    update_id: str
+    receiver_id: str
+
+
+def rounds(updates: list[ValidUpdate]) -> list[list[ValidUpdate]]:
+    """Split a batch so each series appears at most once per round, in arrival order.
+
+    One statement cannot upsert a row twice; rounds also keep the per-update semantics
+    (e.g. completion) identical to merging the updates one by one.
+    """
+    out: list[list[ValidUpdate]] = []
+    seen: dict[str, int] = defaultdict(int)
+    for update in updates:
+        k = seen[update.series_uid]
+        seen[update.series_uid] += 1
+        if k == len(out):
+            out.append([])
+        out[k].append(update)
+    return [sorted(r, key=lambda u: u.series_uid) for r in out]
+
+
+async def merge(conn: Connection, updates: list[ValidUpdate]) -> BatchResult:
+    """Merge `updates` inside the caller's transaction."""
+    result = BatchResult()
+    for round_ in rounds(updates):
+        await _merge_round(conn, round_, result)
+    return result
+
+
+def _latest_non_empty(rows: list[dict[str, object]]) -> dict[str, object]:
+    merged = dict(rows[0])
+    for row in rows[1:]:
+        for key, value in row.items():
+            if value not in ("", None):
+                merged[key] = value
+    return merged
+
+
+async def _merge_round(conn: Connection, updates: list[ValidUpdate], result: BatchResult) -> None:
+    conflicts: list[_Conflict] = []
+    patient_ids = await _upsert_patients(conn, updates)
+    study_rows = await _upsert_studies(conn, updates, patient_ids)
+    study_patient = {uid: row[1] for uid, row in study_rows.items()}
+    series_rows = await _upsert_series(conn, updates, study_rows, patient_ids)
+
+    mismatched_patients = [
+        u for u in updates if patient_ids[u.patient_key] != study_patient[u.study_uid]
+    ]
+    mismatched_studies = [
+        u for u in updates if series_rows[u.series_uid][1] != study_rows[u.study_uid][0]
+    ]
+    if mismatched_patients or mismatched_studies:
+        conflicts += await _describe_mismatches(
+            conn, mismatched_patients, mismatched_studies, study_patient, series_rows
+        )
+
+    states, inserted = await _insert_instances(conn, updates, series_rows)
+    for update in updates:
+        result.series[update.series_uid] = states[series_rows[update.series_uid][0]]
+    submitted = {u.series_uid: len(u.instances) for u in updates}
+    short = [u for u in updates if inserted[series_rows[u.series_uid][0]] < submitted[u.series_uid]]
+    held_elsewhere = await _instances_in_other_series(conn, short, series_rows) if short else []
+    conflicts += held_elsewhere
+    total_inserted = sum(inserted.values())
+    result.new += total_inserted
+    result.duplicate += sum(submitted.values()) - total_inserted - len(held_elsewhere)
+    if conflicts:
+        await _record_conflicts(conn, conflicts)
+        for conflict in conflicts:
+            result.conflicts[conflict.kind] += 1
+
+
+async def _upsert_patients(
+    conn: Connection, updates: list[ValidUpdate]
+) -> dict[tuple[str, str], int]:
+    grouped: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
+    for u in updates:
+        grouped[u.patient_key].append(u.patient)
+    rows = [_latest_non_empty(grouped[key]) for key in sorted(grouped)]
+    cols = (
+        "patient_id",
+        "issuer_of_patient_id",
+        "patient_name",
+        "patient_birth_date",
+        "patient_birth_date_raw",
+        "patient_sex",
+    )
+    cur = await conn.execute(
+        """
+        INSERT INTO patients AS p (patient_id, issuer_of_patient_id, patient_name,
+                                   patient_birth_date, patient_birth_date_raw, patient_sex)
+        SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::date[], %s::text[],
+                             %s::text[]) AS t(a, b, c, d, e, f)
+        ORDER BY a, b
+        ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
+            patient_name = COALESCE(NULLIF(EXCLUDED.patient_name, ''), p.patient_name),
+            patient_birth_date = CASE WHEN EXCLUDED.patient_birth_date_raw <> ''
+                THEN EXCLUDED.patient_birth_date ELSE p.patient_birth_date END,
+            patient_birth_date_raw = COALESCE(NULLIF(EXCLUDED.patient_birth_date_raw, ''),
+                                              p.patient_birth_date_raw),
+            patient_sex = COALESCE(NULLIF(EXCLUDED.patient_sex, ''), p.patient_sex)
+        RETURNING id, patient_id, issuer_of_patient_id
+        """,
+        [[row[c] for row in rows] for c in cols],
+    )
+    return {(str(r[1]), str(r[2])): int(r[0]) for r in await cur.fetchall()}  # type: ignore[call-overload]
+
+
+async def _upsert_studies(
+    conn: Connection, updates: list[ValidUpdate], patient_ids: dict[tuple[str, str], int]
+) -> dict[str, tuple[int, int]]:
+    """Returns study UID -> (study id, patient id the study keeps)."""
+    grouped: dict[str, list[dict[str, object]]] = defaultdict(list)
+    proposed: dict[str, int] = {}
+    for u in updates:
+        grouped[u.study_uid].append(u.study)
+        proposed.setdefault(u.study_uid, patient_ids[u.patient_key])
+    rows = [_latest_non_empty(grouped[uid]) for uid in sorted(grouped)]
+    cols = (
+        "study_instance_uid",
+        "study_date",
+        "study_date_raw",
+        "study_time",
+        "study_description",
+        "accession_number",
+        "study_id",
+        "referring_physician_name",
+    )
+    params: list[object] = [[proposed[str(row["study_instance_uid"])] for row in rows]]
+    params += [[row[c] for row in rows] for c in cols]
+    cur = await conn.execute(
+        """
+        INSERT INTO studies AS s (patient_fk, study_instance_uid, study_date, study_date_raw,
+                                  study_time, study_description, accession_number, study_id,
+                                  referring_physician_name)
+        SELECT * FROM unnest(%s::bigint[], %s::text[], %s::date[], %s::text[], %s::text[],
+                             %s::text[], %s::text[], %s::text[], %s::text[])
+            AS t(a, b, c, d, e, f, g, h, i)
+        ORDER BY b
+        ON CONFLICT (study_instance_uid) DO UPDATE SET
+            study_date = CASE WHEN EXCLUDED.study_date_raw <> ''
+                THEN EXCLUDED.study_date ELSE s.study_date END,
+            study_date_raw = COALESCE(NULLIF(EXCLUDED.study_date_raw, ''), s.study_date_raw),
+            study_time = COALESCE(NULLIF(EXCLUDED.study_time, ''), s.study_time),
+            study_description = COALESCE(NULLIF(EXCLUDED.study_description, ''),
+                                         s.study_description),
+            accession_number = COALESCE(NULLIF(EXCLUDED.accession_number, ''),
+                                        s.accession_number),
+            study_id = COALESCE(NULLIF(EXCLUDED.study_id, ''), s.study_id),
+            referring_physician_name = COALESCE(NULLIF(EXCLUDED.referring_physician_name, ''),
+                                                s.referring_physician_name)
+        RETURNING study_instance_uid, id, patient_fk
+        """,
+        params,
+    )
+    return {str(r[0]): (int(r[1]), int(r[2])) for r in await cur.fetchall()}  # type: ignore[call-overload]
+
+
+_SERIES_TEXT = (
+    "modality",
+    "series_description",
+    "body_part_examined",
+    "manufacturer",
+    "manufacturer_model_name",
+    "station_name",
+    "institution_name",
+    "series_time",
+    "protocol_name",
+    "source_ae_title",
+    "called_ae_title",
+    "receiver_id",
+)
+
+
+async def _upsert_series(
+    conn: Connection,
+    updates: list[ValidUpdate],
+    study_rows: dict[str, tuple[int, int]],
+    patient_ids: dict[tuple[str, str], int],
+) -> dict[str, tuple[int, int]]:
+    """Returns series UID -> (series id, study id the series keeps). Locks the rows."""
+    del patient_ids  # a series takes its study's patient, never the update's
+    params: list[object] = [
+        [u.series_uid for u in updates],
+        [study_rows[u.study_uid][0] for u in updates],
+        [study_rows[u.study_uid][1] for u in updates],
+        [u.series["series_number"] for u in updates],
+        [u.series["series_date"] for u in updates],
+        [u.series["series_date_raw"] for u in updates],
+        [json.dumps(u.fallbacks) for u in updates],
+        [u.header_json for u in updates],
+    ]
+    params += [[u.series[c] for u in updates] for c in _SERIES_TEXT]
+    text_cols = ", ".join(_SERIES_TEXT)
+    text_types = ", ".join(["%s::text[]"] * len(_SERIES_TEXT))
+    text_sets = ",\n".join(f"{c} = COALESCE(NULLIF(EXCLUDED.{c}, ''), s.{c})" for c in _SERIES_TEXT)
+    cur = await conn.execute(
+        f"""
+        INSERT INTO series AS s (series_instance_uid, study_fk, patient_fk, series_number,
+                                 series_date, series_date_raw, text_decoding_fallbacks,
+                                 representative_header, {text_cols})
+        SELECT uid, study_fk, patient_fk, num, d, d_raw,
+               ARRAY(SELECT jsonb_array_elements_text(fallbacks::jsonb)), header::jsonb,
+               {text_cols}
+        FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::int[], %s::date[], %s::text[],
+                    %s::text[], %s::text[], {text_types})
+            AS t(uid, study_fk, patient_fk, num, d, d_raw, fallbacks, header, {text_cols})
+        ORDER BY uid
+        ON CONFLICT (series_instance_uid) DO UPDATE SET
+            series_number = COALESCE(EXCLUDED.series_number, s.series_number),
+            series_date = CASE WHEN EXCLUDED.series_date_raw <> ''
+                THEN EXCLUDED.series_date ELSE s.series_date END,
+            series_date_raw = COALESCE(NULLIF(EXCLUDED.series_date_raw, ''), s.series_date_raw),
+            text_decoding_fallbacks = ARRAY(
+                SELECT DISTINCT f FROM unnest(s.text_decoding_fallbacks
+                                              || EXCLUDED.text_decoding_fallbacks) AS f
+                ORDER BY f),
+            representative_header = COALESCE(EXCLUDED.representative_header,
+                                             s.representative_header),
+            {text_sets}
+        RETURNING series_instance_uid, id, study_fk
+        """,
+        params,
+    )
+    return {str(r[0]): (int(r[1]), int(r[2])) for r in await cur.fetchall()}  # type: ignore[call-overload]
+
+
+async def _insert_instances(
+    conn: Connection, updates: list[ValidUpdate], series_rows: dict[str, tuple[int, int]]
+) -> tuple[dict[int, SeriesState], dict[int, int]]:
+    """Insert new instances, then fold exactly the inserted rows into series/study/patient.
+
+    Returns series id -> state after the update, and series id -> rows inserted.
+    """
+    series_fk: list[int] = []
+    sop: list[str] = []
+    sop_class: list[str] = []
+    number: list[int | None] = []
+    syntax: list[str] = []
+    size: list[int] = []
+    received: list[int] = []
+    for u in updates:
+        inst = u.instances
+        series_fk += [series_rows[u.series_uid][0]] * len(inst)
+        sop += inst.sop_instance_uid
+        sop_class += inst.sop_class_uid
+        number += inst.instance_number
+        syntax += inst.transfer_syntax_uid
+        size += inst.size_bytes
+        received += inst.received_us
+    cur = await conn.execute(
+        """
+        WITH ins AS (
+            INSERT INTO instances (series_fk, sop_instance_uid, sop_class_uid, instance_number,
+                                   transfer_syntax_uid, size_bytes, received_at)
+            SELECT series_fk, sop, cls, num, ts, size,
+                   timestamptz 'epoch' + us * interval '1 microsecond'
+            FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], %s::text[],
+                        %s::bigint[], %s::bigint[]) AS t(series_fk, sop, cls, num, ts, size, us)
+            ORDER BY sop
+            ON CONFLICT (sop_instance_uid) DO NOTHING
+            RETURNING series_fk, size_bytes, received_at
+        ), added AS (
+            SELECT series_fk, count(*) AS n, sum(size_bytes) AS bytes,
+                   min(received_at) AS first_at, max(received_at) AS last_at
+            FROM ins GROUP BY series_fk
+        ), target AS (
+            SELECT * FROM unnest(%s::bigint[], %s::text[]) AS t(series_fk, reason)
+        ), upd AS (
+            UPDATE series s SET
+                num_instances = s.num_instances + COALESCE(a.n, 0),
+                total_size_bytes = s.total_size_bytes + COALESCE(a.bytes, 0),
+                first_received_at = LEAST(s.first_received_at, a.first_at),
+                last_received_at = GREATEST(s.last_received_at, a.last_at),
+                completion_reason = t.reason,
+                status = CASE
+                    WHEN t.reason IN ('IDLE', 'RELEASED') THEN 'COMPLETE'
+                    WHEN a.n > 0 THEN 'RECEIVING'
+                    ELSE s.status END,
+                completed_at = CASE
+                    WHEN t.reason IN ('IDLE', 'RELEASED') THEN
+                        CASE WHEN s.status = 'COMPLETE' AND a.n IS NULL
+                             THEN s.completed_at ELSE now() END
+                    WHEN a.n > 0 THEN NULL
+                    ELSE s.completed_at END
+            FROM target t LEFT JOIN added a ON a.series_fk = t.series_fk
+            WHERE s.id = t.series_fk
+            RETURNING s.id, s.study_fk, s.num_instances, s.status, COALESCE(a.n, 0) AS n,
+                      a.first_at, a.last_at
+        ), study_added AS (
+            SELECT study_fk, min(first_at) AS first_at, max(last_at) AS last_at
+            FROM upd WHERE n > 0 GROUP BY study_fk
+        ), upd_study AS (
+            UPDATE studies st SET
+                first_received_at = LEAST(st.first_received_at, sa.first_at),
+                last_received_at = GREATEST(st.last_received_at, sa.last_at)
+            FROM study_added sa WHERE st.id = sa.study_fk
+            RETURNING st.patient_fk, sa.last_at
+        ), upd_patient AS (
+            UPDATE patients p SET last_received_at = GREATEST(p.last_received_at, x.last_at)
+            FROM (SELECT patient_fk, max(last_at) AS last_at FROM upd_study
+                  GROUP BY patient_fk) AS x
+            WHERE p.id = x.patient_fk
+        )
+        SELECT id, num_instances, status, n FROM upd
+        """,
+        [
+            series_fk,
+            sop,
+            sop_class,
+            number,
+            syntax,
+            size,
+            received,
+            [series_rows[u.series_uid][0] for u in updates],
+            [u.reason for u in updates],
+        ],
+    )
+    states: dict[int, SeriesState] = {}
+    inserted: dict[int, int] = {}
+    for row in await cur.fetchall():
+        sid = int(row[0])  # type: ignore[call-overload]
+        states[sid] = SeriesState(int(row[1]), str(row[2]))  # type: ignore[call-overload]
+        inserted[sid] = int(row[3])  # type: ignore[call-overload]
+    return states, inserted
+
+
+async def _instances_in_other_series(
+    conn: Connection, updates: list[ValidUpdate], series_rows: dict[str, tuple[int, int]]
+) -> list[_Conflict]:
+    claims_fk: list[int] = []
+    claims_sop: list[str] = []
+    by_fk = {series_rows[u.series_uid][0]: u for u in updates}
+    for u in updates:
+        claims_fk += [series_rows[u.series_uid][0]] * len(u.instances)
+        claims_sop += u.instances.sop_instance_uid
+    cur = await conn.execute(
+        """
+        SELECT t.series_fk, t.sop, s.series_instance_uid
+        FROM unnest(%s::bigint[], %s::text[]) AS t(series_fk, sop)
+        JOIN instances i ON i.sop_instance_uid = t.sop
+        JOIN series s ON s.id = i.series_fk
+        WHERE i.series_fk <> t.series_fk
+        """,
+        [claims_fk, claims_sop],
+    )
+    out = []
+    for fk, sop_uid, holder in await cur.fetchall():
+        u = by_fk[int(fk)]  # type: ignore[call-overload]
+        out.append(
+            _Conflict(
+                "instance_in_other_series",
+                str(sop_uid),
+                str(holder),
+                u.series_uid,
+                u.update_id,
+                str(u.series["receiver_id"]),
+            )
+        )
+    return out
+
+
+async def _describe_mismatches(
+    conn: Connection,
+    patient_mismatch: list[ValidUpdate],
+    study_mismatch: list[ValidUpdate],
+    study_patient: dict[str, int],
+    series_rows: dict[str, tuple[int, int]],
+) -> list[_Conflict]:
+    patient_fks = [study_patient[u.study_uid] for u in patient_mismatch]
+    cur = await conn.execute(
+        "SELECT id, patient_id, issuer_of_patient_id FROM patients WHERE id = ANY(%s)",
+        [patient_fks],
+    )
+    patients = {int(r[0]): _patient_label(str(r[1]), str(r[2])) for r in await cur.fetchall()}  # type: ignore[call-overload]
+    study_fks = [series_rows[u.series_uid][1] for u in study_mismatch]
+    cur = await conn.execute(
+        "SELECT id, study_instance_uid FROM studies WHERE id = ANY(%s)", [study_fks]
+    )
+    studies = {int(r[0]): str(r[1]) for r in await cur.fetchall()}  # type: ignore[call-overload]
+    out = [
+        _Conflict(
+            "study_patient_mismatch",
+            u.study_uid,
+            patients[study_patient[u.study_uid]],
+            _patient_label(*u.patient_key),
+            u.update_id,
+            str(u.series["receiver_id"]),
+        )
+        for u in patient_mismatch
+    ]
+    out += [
+        _Conflict(
+            "series_study_mismatch",
+            u.series_uid,
+            studies[series_rows[u.series_uid][1]],
+            u.study_uid,
+            u.update_id,
+            str(u.series["receiver_id"]),
+        )
+        for u in study_mismatch
+    ]
+    return out
+
+
+def _patient_label(patient_id: str, issuer: str) -> str:
+    return f"{patient_id}^^{issuer}" if issuer else patient_id
+
+
+async def _record_conflicts(conn: Connection, conflicts: list[_Conflict]) -> None:
+    unique = {(c.kind, c.subject_uid, c.rejected_value): c for c in conflicts}
+    rows = [unique[k] for k in sorted(unique)]
+    await conn.execute(
+        """
+        INSERT INTO merge_conflicts AS m (kind, subject_uid, kept_value, rejected_value,
+                                          update_id, receiver_id)
+        SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                             %s::text[]) AS t(a, b, c, d, e, f)
+        ORDER BY a, b, d
+        ON CONFLICT (kind, subject_uid, rejected_value) DO UPDATE SET
+            occurrences = m.occurrences + 1,
+            last_seen_at = now(),
+            kept_value = EXCLUDED.kept_value,
+            update_id = EXCLUDED.update_id,
+            receiver_id = EXCLUDED.receiver_id
+        """,
+        [
+            [c.kind for c in rows],
+            [c.subject_uid for c in rows],
+            [c.kept_value for c in rows],
+            [c.rejected_value for c in rows],
+            [c.update_id for c in rows],
+            [c.receiver_id for c in rows],
+        ],
+    )

@@ -1,0 +1,217 @@
+"""Server wiring: gRPC (SeriesStore, health, reflection, TLS), /metrics, probe, shutdown.
+
+Shutdown on SIGTERM/SIGINT: health goes NOT_SERVING, open streams answer what they have
+already read and end with UNAVAILABLE (their receivers reconnect elsewhere), the server
+stops accepting calls and gives in-flight ones `shutdown_grace` seconds, then the pool
+closes (an unfinished transaction is rolled back, never half-applied) and main returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from seriesflow import settings
+from seriesflow.logs import configure as configure_logs
+from seriesflow.v1 import series_store_pb2 as pb
+from store.config import StoreConfig
+from store.database import Database, create_pool, resolve_url
+from store.errors import StoreError
+from store.grpc_metrics import GrpcMetrics, MetricsInterceptor
+from store.metrics import StoreMetrics
+from store.migrate import require_head
+from store.servicer import SERVICE_NAME, SeriesStoreServicer, generic_handler
+from store.stream import Limits
+
+_log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class RunningStore:
+    """A started store; `grpc_port` / `metrics_port` are the bound ports (useful with 0)."""
+
+    config: StoreConfig
+    server: grpc.aio.Server
+    db: Database
+    health: HealthServicer
+    metrics: StoreMetrics
+    grpc_port: int
+    metrics_port: int
+    draining: asyncio.Event
+    _httpd: WSGIServer
+    _probe: asyncio.Task[None] | None = None
+    _stopped: bool = field(default=False)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        _log.info("store shutting down", extra={"fields": {"grace_s": self.config.shutdown_grace}})
+        await self.health.enter_graceful_shutdown()
+        self.draining.set()
+        await self.server.stop(self.config.shutdown_grace)
+        if self._probe is not None:
+            self._probe.cancel()
+        await self.db.close()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        _log.info("store stopped")
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _credentials(config: StoreConfig) -> grpc.ServerCredentials | None:
+    if config.grpc_tls_cert is None or config.grpc_tls_key is None:
+        return None
+    key, cert = config.grpc_tls_key.read_bytes(), config.grpc_tls_cert.read_bytes()
+    ca = config.grpc_tls_client_ca.read_bytes() if config.grpc_tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+async def _set_health(health: HealthServicer, status: int) -> None:
+    for name in ("", SERVICE_NAME):
+        await health.set(name, status)
+
+
+async def _probe_forever(store: RunningStore) -> None:
+    """Health follows PostgreSQL: NOT_SERVING while a probe fails, SERVING when it answers."""
+    while True:
+        up = await store.db.probe()
+        if up != store.db.up:
+            _log.warning(
+                "PostgreSQL is reachable again" if up else "PostgreSQL is unreachable",
+                extra={"fields": {"database_up": up}},
+            )
+            if up:
+                # Connections from before the outage are dead; replace them now rather
+                # than on first use.
+                await store.db.pool.check()
+        store.db.up = up
+        store.metrics.database_up.set(1 if up else 0)
+        if not store.draining.is_set():
+            await _set_health(store.health, SERVING if up else NOT_SERVING)
+        await asyncio.sleep(store.config.db_probe_interval)
+
+
+async def start(config: StoreConfig, url: str) -> RunningStore:
+    """Check the schema, open the pool and start serving. Raises SchemaNotAtHead etc."""
+    await asyncio.to_thread(require_head, url)
+    db = Database(create_pool(url, config), url)
+    await db.open()
+    metrics = StoreMetrics()
+    metrics.watch_pool(db.pool.get_stats)
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(GrpcMetrics(metrics.registry))],
+        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    draining = asyncio.Event()
+    limits = Limits(
+        config.batch_max_updates, config.batch_max_instances, config.max_instances_per_update
+    )
+    server.add_generic_rpc_handlers(
+        (generic_handler(SeriesStoreServicer(db, metrics, limits, draining)),)
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    address = _address(config.listen_host, config.grpc_port)
+    credentials = _credentials(config)
+    if credentials is None:
+        grpc_port = server.add_insecure_port(address)
+    else:
+        grpc_port = server.add_secure_port(address, credentials)
+    if grpc_port == 0:
+        raise OSError(f"cannot listen on {address} for gRPC (port in use?)")
+    httpd, _thread = start_http_server(
+        config.store_metrics_port, addr=config.listen_host, registry=metrics.registry
+    )
+    await server.start()
+    store = RunningStore(
+        config=config,
+        server=server,
+        db=db,
+        health=health,
+        metrics=metrics,
+        grpc_port=grpc_port,
+        metrics_port=int(httpd.server_port),
+        draining=draining,
+        _httpd=httpd,
+    )
+    store.db.up = await db.probe()
+    metrics.database_up.set(1 if store.db.up else 0)
+    await _set_health(health, SERVING if store.db.up else NOT_SERVING)
+    store._probe = asyncio.create_task(_probe_forever(store))
+    _log.info(
+        "store serving",
+        extra={
+            "fields": {
+                "grpc": _address(config.listen_host, grpc_port),
+                "metrics_port": store.metrics_port,
+                "tls": credentials is not None,
+                "mutual_tls": config.grpc_tls_client_ca is not None,
+            }
+        },
+    )
+    return store
+
+
+async def serve(config: StoreConfig, url: str, stop: asyncio.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (or `stop` is set); 0 after a clean shutdown."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        store = await start(config, url)
+    except (StoreError, OSError) as exc:
+        _log.error("store cannot start", extra={"fields": {"error": str(exc)}})
+        return 1
+    try:
+        await stop.wait()
+    finally:
+        await store.stop()
+    return 0
+
+
+def main(config: StoreConfig) -> int:
+    """Entry point of `seriesflow store`: blocks until SIGTERM/SIGINT; the exit code."""
+    configure_logs(config.log_level)
+    _log.info("store starting", extra={"fields": {"config": settings.describe(config)}})
+    try:
+        url, stop_embedded = resolve_url(config)
+    except Exception as exc:
+        _log.error("cannot start the embedded PostgreSQL", extra={"fields": {"error": str(exc)}})
+        return 1
+    try:
+        return asyncio.run(serve(config, url))
+    finally:
+        if stop_embedded is not None:
+            stop_embedded()
+
+
+__all__ = ["RunningStore", "main", "pb", "serve", "start"]

@@ -1,0 +1,93 @@
+"""The SeriesStore servicer and its registration (with a never-failing deserializer).
+
+gRPC's default deserializer turns a message with invalid UTF-8 into an INTERNAL error that
+ends the call. Here every request is decoded by our own function: a bad StoreSeries message
+is answered with an INVALID ack and the stream goes on; a bad query is INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from seriesflow.v1 import series_store_pb2 as pb
+from store.database import Database
+from store.metrics import StoreMetrics
+from store.stream import Limits, StreamSession
+from store.validation import decode_update
+
+_log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeriesStore"].full_name
+
+# grpc ships no type stubs: its context type is Any to mypy either way.
+Context: TypeAlias = Any
+
+
+@dataclass(frozen=True)
+class UndecodableRequest:
+    message: str
+
+
+class SeriesStoreServicer:
+    """StoreSeries plus the query RPCs; dependencies come in through the constructor."""
+
+    def __init__(
+        self, db: Database, metrics: StoreMetrics, limits: Limits, draining: asyncio.Event
+    ) -> None:
+        self._db = db
+        self._metrics = metrics
+        self._limits = limits
+        self._draining = draining
+
+    def StoreSeries(
+        self, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[pb.SeriesAck]:
+        session = StreamSession(self._db, self._metrics, self._limits, self._draining)
+        return session.run(requests, context)
+
+
+def _decoder(message_class: type[Message]) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return UndecodableRequest(f"request is not a valid {message_class.__name__}: {exc}")
+
+    return decode
+
+
+def _guarded(fn: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any, Context], Any]:
+    async def behaviour(request: Any, context: Context) -> Any:
+        if isinstance(request, UndecodableRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await fn(request, context)
+
+    return behaviour
+
+
+def generic_handler(servicer: Any) -> grpc.GenericRpcHandler:
+    """Handlers for every method of the SeriesStore service found on `servicer`."""
+    service = pb.DESCRIPTOR.services_by_name["SeriesStore"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        behaviour = getattr(servicer, method.name, None)
+        if behaviour is None:
+            continue
+        response = getattr(pb, method.output_type.name)
+        if method.name == "StoreSeries":
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behaviour, decode_update, response.SerializeToString
+            )
+        else:
+            request = getattr(pb, method.input_type.name)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _guarded(behaviour), _decoder(request), response.SerializeToString
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -1,0 +1,323 @@
+"""Validation of SeriesUpdate messages: the gate before anything reaches PostgreSQL.
+
+An update is rejected (ack ok=false, kind INVALID, naming the field) when:
+- update_id is empty or blank;
+- series.series_instance_uid, study.study_instance_uid or an instance's sop_instance_uid is
+  missing or blank, or any UID (also sop_class_uid / transfer_syntax_uid when given) is not
+  DICOM UID syntax: digit groups separated by dots, at most 64 characters (leading zeros
+  inside a group are accepted: they are common in the wild and harmless as text);
+- it carries no instances, or more than the configured maximum;
+- any text holds a NUL character (PostgreSQL text cannot store it);
+- an instance has a negative size or a received_at outside 0001..9999;
+- representative_header_json is not a JSON object, or holds text PostgreSQL's jsonb
+  refuses (NUL, unpaired surrogates);
+- the message itself is not valid protobuf / UTF-8 (see `decode_update`).
+
+Everything else is normalised here, once: dates parsed to `datetime.date` (an invalid date
+becomes None, and the raw text is kept), duplicate SOPInstanceUIDs inside one update
+collapsed, timestamps turned into microseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Final
+
+from google.protobuf.message import DecodeError
+
+from seriesflow.v1 import series_store_pb2 as pb
+
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+UID_MAX_LENGTH: Final = 64
+# Timestamp bounds PostgreSQL and Python both handle: 0001-01-01 .. 9999-12-31.
+_MIN_SECONDS: Final = -62135596800
+_MAX_SECONDS: Final = 253402300799
+
+REASONS: Final = {
+    pb.COMPLETION_REASON_UNSPECIFIED: "UNSPECIFIED",
+    pb.COMPLETION_REASON_IDLE: "IDLE",
+    pb.COMPLETION_REASON_RELEASED: "RELEASED",
+    pb.COMPLETION_REASON_MAX_AGE: "MAX_AGE",
+}
+
+
+class InvalidUpdate(ValueError):
+    """The update breaks a rule above; `field` is the offending field path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class UndecodableUpdate:
+    """A StoreSeries message that was not valid protobuf (e.g. bad UTF-8 in a string).
+
+    It is answered like any invalid update instead of ending the stream; `update_id` is
+    recovered from the raw bytes when possible.
+    """
+
+    update_id: str
+    message: str
+
+
+@dataclass
+class Instances:
+    """An update's instances as columns (the shape the bulk insert binds as arrays)."""
+
+    sop_instance_uid: list[str] = field(default_factory=list)
+    sop_class_uid: list[str] = field(default_factory=list)
+    instance_number: list[int | None] = field(default_factory=list)
+    transfer_syntax_uid: list[str] = field(default_factory=list)
+    size_bytes: list[int] = field(default_factory=list)
+    received_us: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sop_instance_uid)
+
+
+@dataclass
+class ValidUpdate:
+    """A validated, normalised update; text columns map 1:1 onto the schema."""
+
+    update_id: str
+    patient: dict[str, object]
+    study: dict[str, object]
+    series: dict[str, object]
+    reason: str
+    header_json: str | None
+    fallbacks: list[str]
+    instances: Instances
+    received_at: float  # monotonic time the store read it, for the ack latency metric
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.series["series_instance_uid"])
+
+    @property
+    def study_uid(self) -> str:
+        return str(self.study["study_instance_uid"])
+
+    @property
+    def patient_key(self) -> tuple[str, str]:
+        return str(self.patient["patient_id"]), str(self.patient["issuer_of_patient_id"])
+
+
+def decode_update(data: bytes) -> pb.SeriesUpdate | UndecodableUpdate:
+    """The request deserializer for StoreSeries: never raises, so a bad message cannot
+    end the stream."""
+    try:
+        return pb.SeriesUpdate.FromString(data)
+    except DecodeError as exc:
+        return UndecodableUpdate(_raw_update_id(data), f"message is not valid: {exc}")
+
+
+def _raw_update_id(data: bytes) -> str:
+    """Field 1 (update_id) read straight from the wire format, best effort."""
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                if number == 1:
+                    return data[pos : pos + length].decode("utf-8", "replace").replace("\0", "")
+                pos += length
+            else:
+                return ""
+    except IndexError:
+        return ""
+    return ""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _text(value: str, name: str) -> str:
+    if "\0" in value:
+        raise InvalidUpdate(name, "contains a NUL character")
+    return value
+
+
+def _uid(value: str, name: str, *, required: bool) -> str:
+    if not value.strip():
+        if required:
+            raise InvalidUpdate(name, "is required and was empty")
+        return ""
+    if len(value) > UID_MAX_LENGTH or not _UID.fullmatch(value):
+        shown = value[:80].replace("\0", "\\0")
+        raise InvalidUpdate(
+            name, f"{shown!r} is not a DICOM UID (digits and dots, at most 64 characters)"
+        )
+    return value
+
+
+def parse_date(raw: str) -> dt.date | None:
+    """YYYYMMDD (DICOM DA) or YYYY-MM-DD as a date; None when empty or not a real date."""
+    text = raw.strip()
+    if len(text) == 10 and text[4] == "-" and text[7] == "-":
+        text = text[:4] + text[5:7] + text[8:]
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def _header(value: str) -> str | None:
+    if not value:
+        return None
+    name = "representative_header_json"
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise InvalidUpdate(name, f"is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidUpdate(name, "must be a JSON object (a DICOM JSON dataset)")
+    canonical = json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
+    if "\0" in canonical:
+        raise InvalidUpdate(name, "contains a NUL character")
+    try:
+        canonical.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidUpdate(name, "contains an unpaired surrogate (invalid text)") from None
+    return canonical
+
+
+def validate(update: pb.SeriesUpdate, *, received_at: float, max_instances: int) -> ValidUpdate:
+    """The normalised update, or InvalidUpdate naming the first offending field."""
+    if not update.update_id.strip():
+        raise InvalidUpdate("update_id", "is required and was empty")
+    update_id = _text(update.update_id, "update_id")
+    p, st, se, src = update.patient, update.study, update.series, update.source
+    series_uid = _uid(se.series_instance_uid, "series.series_instance_uid", required=True)
+    study_uid = _uid(st.study_instance_uid, "study.study_instance_uid", required=True)
+    if not update.instances:
+        raise InvalidUpdate("instances", "at least one instance is required")
+    if len(update.instances) > max_instances:
+        raise InvalidUpdate(
+            "instances", f"{len(update.instances)} instances; at most {max_instances} per update"
+        )
+    patient: dict[str, object] = {
+        name: _text(getattr(p, name), f"patient.{name}")
+        for name in ("patient_id", "issuer_of_patient_id", "patient_name", "patient_sex")
+    }
+    patient["patient_birth_date_raw"] = _text(p.patient_birth_date, "patient.patient_birth_date")
+    patient["patient_birth_date"] = parse_date(p.patient_birth_date)
+    study: dict[str, object] = {
+        name: _text(getattr(st, name), f"study.{name}")
+        for name in (
+            "study_time",
+            "study_description",
+            "accession_number",
+            "study_id",
+            "referring_physician_name",
+        )
+    }
+    study["study_instance_uid"] = study_uid
+    study["study_date_raw"] = _text(st.study_date, "study.study_date")
+    study["study_date"] = parse_date(st.study_date)
+    series: dict[str, object] = {
+        name: _text(getattr(se, name), f"series.{name}")
+        for name in (
+            "modality",
+            "series_description",
+            "body_part_examined",
+            "manufacturer",
+            "manufacturer_model_name",
+            "station_name",
+            "institution_name",
+            "series_time",
+            "protocol_name",
+        )
+    }
+    series["series_instance_uid"] = series_uid
+    series["series_number"] = se.series_number if se.HasField("series_number") else None
+    series["series_date_raw"] = _text(se.series_date, "series.series_date")
+    series["series_date"] = parse_date(se.series_date)
+    series["source_ae_title"] = _text(src.calling_ae_title, "source.calling_ae_title")
+    series["called_ae_title"] = _text(src.called_ae_title, "source.called_ae_title")
+    series["receiver_id"] = _text(src.receiver_id, "source.receiver_id")
+    fallbacks = sorted(
+        {_text(f, "text_decoding_fallbacks") for f in update.text_decoding_fallbacks if f}
+    )
+    reason = REASONS.get(update.completion_reason)
+    if reason is None:
+        raise InvalidUpdate("completion_reason", f"unknown value {update.completion_reason}")
+    return ValidUpdate(
+        update_id=update_id,
+        patient=patient,
+        study=study,
+        series=series,
+        reason=reason,
+        header_json=_header(update.representative_header_json),
+        fallbacks=fallbacks,
+        instances=_instances(update, received_at_us=_now_us()),
+        received_at=received_at,
+    )
+
+
+def _now_us() -> int:
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
+
+
+def _instances(update: pb.SeriesUpdate, *, received_at_us: int) -> Instances:
+    # The hot loop of ingestion (one pass per instance): keep it to plain attribute reads
+    # and one regex; sop class / transfer syntax UIDs repeat, so each is checked once.
+    out = Instances()
+    seen: set[str] = set()
+    checked: set[str] = set()
+    uid_match = _UID.fullmatch
+    for index, inst in enumerate(update.instances):
+        sop = inst.sop_instance_uid
+        if len(sop) > UID_MAX_LENGTH or not uid_match(sop):
+            _uid(sop, f"instances[{index}].sop_instance_uid", required=True)
+        if sop in seen:
+            continue
+        seen.add(sop)
+        sop_class, syntax = inst.sop_class_uid, inst.transfer_syntax_uid
+        if sop_class not in checked:
+            checked.add(_uid(sop_class, f"instances[{index}].sop_class_uid", required=False))
+        if syntax not in checked:
+            checked.add(_uid(syntax, f"instances[{index}].transfer_syntax_uid", required=False))
+        if inst.size_bytes < 0:
+            raise InvalidUpdate(f"instances[{index}].size_bytes", "must not be negative")
+        if inst.HasField("received_at"):
+            ts = inst.received_at
+            if not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS:
+                raise InvalidUpdate(
+                    f"instances[{index}].received_at", "is outside years 0001..9999"
+                )
+            received = ts.seconds * 1_000_000 + ts.nanos // 1000
+        else:
+            # Not given: the time the store received it is the best estimate.
+            received = received_at_us
+        out.sop_instance_uid.append(sop)
+        out.sop_class_uid.append(sop_class)
+        out.instance_number.append(
+            inst.instance_number if inst.HasField("instance_number") else None
+        )
+        out.transfer_syntax_uid.append(syntax)
+        out.size_bytes.append(inst.size_bytes)
+        out.received_us.append(received)
+    return out
