@@ -144,6 +144,7 @@ class Receiver:
         metrics.SPOOL_PENDING.set(pending)
         metrics.SPOOL_BYTES.set(nbytes)
         metrics.SPOOL_OLDEST_AGE.set(age)
+        metrics.DEAD_LETTERS.set(self.spool.count_dead_letters())
 
 
 def quiet_libraries() -> None:

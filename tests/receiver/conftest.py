@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rx_store import StoreProcess
 
 from receiver.app import Receiver, quiet_libraries
 from receiver.config import ReceiverConfig
@@ -53,3 +54,12 @@ def make_receiver(tmp_path: Path) -> Iterator[MakeReceiver]:
     yield make
     for receiver in reversed(started):
         receiver.stop()
+
+
+@pytest.fixture
+def store(database_url: str, tmp_path: Path) -> Iterator[StoreProcess]:
+    """The real store (child process) on a fresh, migrated PostgreSQL database."""
+    process = StoreProcess(database_url, tmp_path / "store")
+    process.start()
+    yield process
+    process.stop()
