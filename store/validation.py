@@ -194,14 +194,24 @@ def _header(value: str) -> str | None:
         raise InvalidUpdate(name, f"is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise InvalidUpdate(name, "must be a JSON object (a DICOM JSON dataset)")
+    if _holds_nul(parsed):
+        raise InvalidUpdate(name, "contains a NUL character (\\u0000), which jsonb refuses")
     canonical = json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
-    if "\0" in canonical:
-        raise InvalidUpdate(name, "contains a NUL character")
     try:
         canonical.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidUpdate(name, "contains an unpaired surrogate (invalid text)") from None
     return canonical
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any("\0" in k or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def validate(update: pb.SeriesUpdate, *, received_at: float, max_instances: int) -> ValidUpdate:

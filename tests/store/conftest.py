@@ -173,10 +173,25 @@ class StoreProcess:
         environ = dict(os.environ, **(env or {}))
         environ["SERIESFLOW_DATABASE_URL"] = url
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "store", "--listen-host", "127.0.0.1",
-             "--grpc-port", str(self.grpc_port), "--store-metrics-port", str(self.metrics_port),
-             "--shutdown-grace", "3", *extra],
-            cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "store",
+                "--listen-host",
+                "127.0.0.1",
+                "--grpc-port",
+                str(self.grpc_port),
+                "--store-metrics-port",
+                str(self.metrics_port),
+                "--shutdown-grace",
+                "3",
+                *extra,
+            ],
+            cwd=ROOT,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.wait_serving()
 
@@ -217,15 +232,27 @@ def rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 def catalog_snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every catalog row in a form comparable across databases (no surrogate keys)."""
     return {
-        "patients": rows(url, """SELECT patient_id, issuer_of_patient_id, patient_name,
-            patient_birth_date, patient_sex, last_received_at FROM patients ORDER BY 1, 2"""),
-        "studies": rows(url, """SELECT st.study_instance_uid, p.patient_id, st.study_date,
+        "patients": rows(
+            url,
+            """SELECT patient_id, issuer_of_patient_id, patient_name,
+            patient_birth_date, patient_sex, last_received_at FROM patients ORDER BY 1, 2""",
+        ),
+        "studies": rows(
+            url,
+            """SELECT st.study_instance_uid, p.patient_id, st.study_date,
             st.study_description, st.first_received_at, st.last_received_at
-            FROM studies st JOIN patients p ON p.id = st.patient_fk ORDER BY 1"""),
-        "series": rows(url, """SELECT s.series_instance_uid, st.study_instance_uid, s.modality,
+            FROM studies st JOIN patients p ON p.id = st.patient_fk ORDER BY 1""",
+        ),
+        "series": rows(
+            url,
+            """SELECT s.series_instance_uid, st.study_instance_uid, s.modality,
             s.num_instances, s.total_size_bytes, s.first_received_at, s.last_received_at
-            FROM series s JOIN studies st ON st.id = s.study_fk ORDER BY 1"""),
-        "instances": rows(url, """SELECT i.sop_instance_uid, s.series_instance_uid,
+            FROM series s JOIN studies st ON st.id = s.study_fk ORDER BY 1""",
+        ),
+        "instances": rows(
+            url,
+            """SELECT i.sop_instance_uid, s.series_instance_uid,
             i.instance_number, i.size_bytes, i.received_at
-            FROM instances i JOIN series s ON s.id = i.series_fk ORDER BY 1"""),
+            FROM instances i JOIN series s ON s.id = i.series_fk ORDER BY 1""",
+        ),
     }

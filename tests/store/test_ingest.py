@@ -50,7 +50,7 @@ def test_same_update_twice_changes_nothing(running_store: StoreThread) -> None:
     second = send(running_store.channel(), [update, update])
     assert catalog_snapshot(url) == before
     assert [a.num_instances for a in first + second] == [10, 10, 10]
-    assert "seriesflow_store_instances_total{result=\"duplicate\"} 20.0" in (
+    assert 'seriesflow_store_instances_total{result="duplicate"} 20.0' in (
         running_store.metrics_text()
     )
 
@@ -64,8 +64,9 @@ def test_reordered_updates_converge_to_the_same_rows(
         [f"{series}.{n}" for n in range(20, 60)],
         [f"{series}.{n}" for n in range(55, 80)],
     ]
-    updates = [make_update(series, p, study_uid=study, reason=pb.COMPLETION_REASON_MAX_AGE)
-               for p in parts]
+    updates = [
+        make_update(series, p, study_uid=study, reason=pb.COMPLETION_REASON_MAX_AGE) for p in parts
+    ]
     # A second database, same server: apply the same updates in reverse order there.
     other = _fresh_database(postgres_server_url)
     try:
@@ -93,8 +94,10 @@ def test_series_split_over_concurrent_streams_counts_each_instance_once(
     lock = threading.Lock()
 
     def stream(part: list[str]) -> None:
-        chunk = [make_update(series, part[j : j + 10], reason=pb.COMPLETION_REASON_MAX_AGE)
-                 for j in range(0, len(part), 10)]
+        chunk = [
+            make_update(series, part[j : j + 10], reason=pb.COMPLETION_REASON_MAX_AGE)
+            for j in range(0, len(part), 10)
+        ]
         got = send(running_store.channel(), chunk)
         with lock:
             acks.extend(got)
@@ -143,10 +146,31 @@ def test_completion_reopen_and_resend_rules(running_store: StoreThread) -> None:
 def test_attributes_take_the_latest_non_empty_value(running_store: StoreThread) -> None:
     series, study = uid(), uid()
     ch = running_store.channel()
-    send(ch, [make_update(series, [f"{series}.1"], study_uid=study, patient_name="Old^Name",
-                          series_description="first")])
-    send(ch, [make_update(series, [f"{series}.2"], study_uid=study, patient_name="",
-                          modality="", series_description="second")])
+    send(
+        ch,
+        [
+            make_update(
+                series,
+                [f"{series}.1"],
+                study_uid=study,
+                patient_name="Old^Name",
+                series_description="first",
+            )
+        ],
+    )
+    send(
+        ch,
+        [
+            make_update(
+                series,
+                [f"{series}.2"],
+                study_uid=study,
+                patient_name="",
+                modality="",
+                series_description="second",
+            )
+        ],
+    )
     url = running_store.store.db.url
     assert rows(url, "SELECT patient_name FROM patients") == [("Old^Name",)]
     assert rows(url, "SELECT modality, series_description FROM series") == [("CT", "second")]
@@ -159,8 +183,9 @@ def test_two_updates_of_one_series_in_one_batch_are_merged_in_order(
 ) -> None:
     series = uid()
     updates = [
-        make_update(series, [f"{series}.{n}"], reason=pb.COMPLETION_REASON_MAX_AGE,
-                    update_id=f"part{n}")
+        make_update(
+            series, [f"{series}.{n}"], reason=pb.COMPLETION_REASON_MAX_AGE, update_id=f"part{n}"
+        )
         for n in range(1, 30)
     ] + [make_update(series, [f"{series}.30"], update_id="last")]
     acks = send(running_store.channel(), updates)

@@ -1,0 +1,118 @@
+"""Bad updates are rejected alone, naming the field; the stream and its neighbours go on."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from seriesflow.v1 import series_store_pb2 as pb
+
+from .conftest import StoreThread, make_update, rows, send, uid
+
+
+def _bad(field: str) -> pb.SeriesUpdate:
+    series = uid()
+    update = make_update(series, [f"{series}.1", f"{series}.2"], update_id=f"bad-{field}")
+    if field == "update_id":
+        update.update_id = "  "
+    elif field == "series.series_instance_uid":
+        update.series.series_instance_uid = ""
+    elif field == "study.study_instance_uid":
+        update.study.study_instance_uid = "1.2.abc"
+    elif field == "instances[1].sop_instance_uid":
+        update.instances[1].sop_instance_uid = "1." + "2" * 70
+    elif field == "instances":
+        del update.instances[:]
+    elif field == "patient.patient_name":
+        update.patient.patient_name = "Doe\x00Jane"
+    elif field == "series.series_description":
+        update.series.series_description = "abc\x00"
+    elif field == "representative_header_json":
+        update.representative_header_json = '{"00100010": {"vr": "PN", "Value": ["\\u0000"]}}'
+    elif field == "instances[0].size_bytes":
+        update.instances[0].size_bytes = -1
+    return update
+
+
+FIELDS = [
+    "update_id",
+    "series.series_instance_uid",
+    "study.study_instance_uid",
+    "instances[1].sop_instance_uid",
+    "instances",
+    "patient.patient_name",
+    "series.series_description",
+    "representative_header_json",
+    "instances[0].size_bytes",
+]
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_invalid_update_is_rejected_naming_the_field(
+    running_store: StoreThread, field: str
+) -> None:
+    good = uid()
+    updates = [
+        make_update(good, [f"{good}.1"], update_id="before"),
+        _bad(field),
+        make_update(good, [f"{good}.2"], update_id="after"),
+    ]
+    acks = {a.update_id: a for a in send(running_store.channel(), updates)}
+    assert len(acks) == 3
+    bad = acks[updates[1].update_id]
+    assert not bad.ok
+    assert bad.error.kind == pb.AckError.KIND_INVALID
+    assert bad.error.field == field
+    assert field in bad.error.message
+    assert acks["before"].ok and acks["after"].ok and acks["after"].num_instances == 2
+    url = running_store.store.db.url
+    assert rows(url, "SELECT count(*) FROM series") == [(1,)]
+
+
+def test_undecodable_message_is_rejected_and_the_stream_continues(
+    running_store: StoreThread,
+) -> None:
+    good = uid()
+    first = make_update(good, [f"{good}.1"], update_id="first").SerializeToString()
+    last = make_update(good, [f"{good}.2"], update_id="last").SerializeToString()
+    # update_id "broken" then series (field 4) holding invalid UTF-8 in series_description.
+    inner = b"\x22\x03\xff\xfe\x00"
+    broken = b"\x0a\x06broken" + b"\x22" + bytes([len(inner)]) + inner
+    call = running_store.channel().stream_stream(
+        "/seriesflow.v1.SeriesStore/StoreSeries",
+        request_serializer=lambda b: b,
+        response_deserializer=pb.SeriesAck.FromString,
+    )
+    acks = {a.update_id: a for a in call(iter([first, broken, last]), timeout=60)}
+    assert set(acks) == {"first", "broken", "last"}
+    assert not acks["broken"].ok
+    assert acks["broken"].error.kind == pb.AckError.KIND_INVALID
+    assert "UTF-8" in acks["broken"].error.message
+    assert acks["last"].ok and acks["last"].num_instances == 2
+
+
+def test_nul_bytes_never_reach_postgresql(running_store: StoreThread) -> None:
+    series = uid()
+    update = make_update(series, [f"{series}.1"])
+    update.patient.patient_id = "P\x00"
+    [ack] = send(running_store.channel(), [update])
+    assert not ack.ok and ack.error.field == "patient.patient_id"
+    url = running_store.store.db.url
+    assert rows(url, "SELECT count(*) FROM patients") == [(0,)]
+    metrics = running_store.metrics_text()
+    assert 'seriesflow_store_updates_total{result="invalid"} 1.0' in metrics
+
+
+def test_bad_update_does_not_end_a_stream_of_many(running_store: StoreThread) -> None:
+    updates = []
+    for i in range(60):
+        s = uid()
+        u = make_update(s, [f"{s}.1"], update_id=f"u{i}")
+        if i % 7 == 3:
+            u.instances[0].sop_instance_uid = "not-a-uid"
+        updates.append(u)
+    acks = send(running_store.channel(), updates)
+    assert len(acks) == 60
+    assert sum(1 for a in acks if not a.ok) == len([i for i in range(60) if i % 7 == 3])
+    with pytest.raises(grpc.RpcError):  # sanity: the helper really raises on call errors
+        send(running_store.channel(), [None])  # type: ignore[list-item]
