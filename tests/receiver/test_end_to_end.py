@@ -1,12 +1,14 @@
 """pynetdicom senders -> receiver -> real store -> PostgreSQL: what arrives, and how often."""
 
+# ruff: noqa: F811  (fixtures are imported from rx_harness: pytest finds them by name)
+
 from __future__ import annotations
 
 import threading
 
 import rx_dicom
 import rx_send
-from conftest import MakeReceiver
+from rx_harness import MakeReceiver, make_receiver, store  # noqa: F401 (fixtures)
 from rx_store import StoreProcess, series_counts, series_row, wait_for
 
 

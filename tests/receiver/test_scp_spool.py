@@ -1,5 +1,7 @@
 """C-STORE into a real receiver over a real socket, checked in its durable spool."""
 
+# ruff: noqa: F811  (fixtures are imported from rx_harness: pytest finds them by name)
+
 from __future__ import annotations
 
 import sqlite3
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import rx_dicom
 import rx_send
-from conftest import MakeReceiver
+from rx_harness import MakeReceiver, make_receiver, store  # noqa: F401 (fixtures)
 
 from seriesflow.v1 import series_store_pb2 as pb
 
