@@ -19,10 +19,11 @@ COPY seriesflow/ seriesflow/
 COPY store/ store/
 COPY receiver/ receiver/
 COPY migrations/ migrations/
-# pip of the base image installs into the venv's interpreter (pip >= 22.3 `--python`).
+# pip of the base image installs into the venv's interpreter (pip >= 22.3: `pip --python
+# PATH install`, the option before the subcommand).
 # A regular (non-editable) install: the package is copied into site-packages and its
 # bytecode compiled now, so the read-only root filesystem never needs a __pycache__.
-RUN python -m pip install --no-cache-dir --python /opt/seriesflow/bin/python . \
+RUN python -m pip --python /opt/seriesflow/bin/python install --no-cache-dir . \
  && /opt/seriesflow/bin/python -c "import seriesflow.cli, store, receiver, migrations"
 
 FROM ${PYTHON_IMAGE}

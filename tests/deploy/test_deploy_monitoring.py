@@ -1,0 +1,187 @@
+"""The Grafana dashboard and the Prometheus alert rules, each kept once.
+
+deploy/grafana/dashboards/seriesflow.json and deploy/prometheus/alerts.yml are the sources;
+the chart carries byte-identical copies (helm cannot read files outside the chart). Every
+expression may only name metrics the services expose (the lists of the brief), and the
+rules are checked and unit-tested by promtool itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import require_tool
+from deploy_support import CHART, ROOT, exposed_series_names, metric_names
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "seriesflow.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERT_TESTS = Path(__file__).parent / "data" / "alerts_test.yml"
+
+
+def dashboard() -> dict[str, Any]:
+    return dict(json.loads(DASHBOARD.read_text()))
+
+
+def panels() -> list[dict[str, Any]]:
+    return [p for p in dashboard()["panels"] if p["type"] != "row"]
+
+
+def panel_expressions() -> Iterator[tuple[str, str]]:
+    for panel in panels():
+        for target in panel["targets"]:
+            yield panel["title"], target["expr"]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+@pytest.mark.parametrize(
+    ("canonical", "copy"),
+    [
+        (DASHBOARD, CHART / "files" / "dashboards" / "seriesflow.json"),
+        (ALERTS, CHART / "files" / "alerts.yml"),
+    ],
+    ids=["dashboard", "alerts"],
+)
+def test_chart_copy_is_identical_to_the_canonical_file(canonical: Path, copy: Path) -> None:
+    assert copy.read_bytes() == canonical.read_bytes(), (
+        f"{copy.relative_to(ROOT)} differs from {canonical.relative_to(ROOT)}: edit the "
+        f"canonical file, then `cp {canonical.relative_to(ROOT)} {copy.relative_to(ROOT)}`"
+    )
+
+
+def test_chart_files_hold_only_the_checked_copies() -> None:
+    files = {
+        str(p.relative_to(CHART / "files")) for p in (CHART / "files").rglob("*") if p.is_file()
+    }
+    assert files == {"alerts.yml", "dashboards/seriesflow.json"}
+
+
+def test_dashboard_panels_query_only_metrics_the_services_expose() -> None:
+    known = exposed_series_names()
+    used: set[str] = set()
+    for title, expr in panel_expressions():
+        names = metric_names(expr)
+        assert names, f"panel {title!r}: no metric in {expr!r}"
+        assert names <= known, f"panel {title!r} uses unknown metrics {names - known}"
+        used |= names
+    assert len(used) >= 20, "the dashboard covers most of what the services expose"
+
+
+def test_alert_rules_query_only_metrics_the_services_expose() -> None:
+    known = exposed_series_names() | {"up"}
+    for rule in alert_rules():
+        names = metric_names(rule["expr"])
+        assert names and names <= known, f"{rule['alert']}: unknown metrics {names - known}"
+
+
+def test_metric_name_extraction_sees_through_promql_syntax() -> None:
+    # The two checks above are only as good as this parser.
+    assert metric_names(
+        'histogram_quantile(0.9, sum by (le) (rate(a_bucket{x="b c", d!~"e|f"}[$__rate_interval])))'
+    ) == {"a_bucket"}
+    assert metric_names("delta(a[15m]) > 0 and b > 1000 or vector(0)") == {"a", "b"}
+    assert metric_names('sum(rate(typo_metric_total{status="ok"}[5m]))') == {"typo_metric_total"}
+
+
+@pytest.mark.parametrize(
+    ("view", "metric", "grouping"),
+    [
+        ("ingest rate", "seriesflow_receiver_instances_total", ""),
+        ("instances by status", "seriesflow_receiver_instances_total", "status"),
+        ("series completed by reason", "seriesflow_receiver_series_flushed_total", "reason"),
+        ("spool depth", "seriesflow_receiver_spool_pending_instances", ""),
+        ("oldest pending age", "seriesflow_receiver_spool_oldest_pending_age_seconds", ""),
+        (
+            "last instance to ack latency",
+            "seriesflow_receiver_series_ack_latency_seconds_bucket",
+            "le",
+        ),
+        ("store transaction latency", "seriesflow_store_transaction_duration_seconds_bucket", "le"),
+        ("grpc error rate", "grpc_server_handled_total", "grpc_code"),
+        ("associations", "seriesflow_receiver_associations_active", ""),
+    ],
+)
+def test_dashboard_has_each_required_view(view: str, metric: str, grouping: str) -> None:
+    exprs = [expr for _, expr in panel_expressions() if metric in metric_names(expr)]
+    assert exprs, f"no panel for {view}"
+    if grouping:
+        assert any(grouping in expr for expr in exprs), f"{view}: nothing split by {grouping}"
+    if grouping == "le":
+        quantiles = {e.split("(", 2)[1].split(",")[0] for e in exprs if "histogram_quantile" in e}
+        assert {"0.5", "0.95", "0.99"} <= quantiles, f"{view}: quantiles {quantiles}"
+
+
+def test_dashboard_works_in_any_grafana_with_a_prometheus_source() -> None:
+    board = dashboard()
+    assert board["uid"] == "seriesflow"
+    (variable,) = board["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == (
+        "datasource",
+        "datasource",
+        "prometheus",
+    )
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    cells: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        area = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not area & cells, f"panel {panel['title']!r} overlaps another"
+        cells |= area
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            for target in panel["targets"]:
+                assert target["datasource"] == panel["datasource"]
+
+
+def test_alert_rules_pass_promtool_check_rules() -> None:
+    promtool = require_tool("promtool")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+
+
+def test_every_alert_fires_on_its_situation_and_not_on_a_healthy_system(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    shutil.copy(ALERTS, tmp_path / "alerts.yml")
+    shutil.copy(ALERT_TESTS, tmp_path / "alerts_test.yml")
+    result = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tested = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+    firing = {
+        case["alertname"]
+        for test in tested
+        for case in test.get("alert_rule_test", [])
+        if case["exp_alerts"]
+    }
+    assert firing == {rule["alert"] for rule in alert_rules()}, "every alert has a firing case"
+
+
+def test_every_alert_has_a_severity_summary_and_description() -> None:
+    for rule in alert_rules():
+        assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert rule["alert"].startswith("Seriesflow")
