@@ -137,13 +137,23 @@ def _check_complete(seen: list[tuple[int, int, int]], total: int) -> None:
         return
     if length == _UNDEFINED:
         return  # a sequence: its items were parsed with their own length checks
-    if end_of_header + length != total:
+    missing = end_of_header + length - total
+    if missing > 0:
         raise Rejection(
             CANNOT_UNDERSTAND,
             "unparseable",
-            f"dataset is truncated or has {total - end_of_header - length:+d} stray bytes "
-            f"after element ({tag >> 16:04X},{tag & 0xFFFF:04X})",
+            f"dataset is truncated: element {_tag(tag)} lacks {missing} bytes",
         )
+    if missing < 0:
+        raise Rejection(
+            CANNOT_UNDERSTAND,
+            "unparseable",
+            f"dataset is truncated or has {-missing} stray bytes after {_tag(tag)}",
+        )
+
+
+def _tag(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _uid(dataset: Dataset, keyword: str) -> str:
