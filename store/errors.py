@@ -7,7 +7,9 @@
     ├── RejectedData          PostgreSQL refused the data itself (class 22/23): the update
     │                         is rejected alone as INVALID; re-sending cannot succeed.
     ├── SchemaNotAtHead       tables missing or at another revision: run `seriesflow migrate`.
-    └── DatabaseFault         anything else PostgreSQL raised: a bug or a misconfiguration.
+    ├── DatabaseFault         anything else PostgreSQL raised: a bug or a misconfiguration.
+    ├── BadRequest            a query request is malformed; `field` names the culprit.
+    └── NotFound              the series / study asked for is not in the catalog.
 
 psycopg is only ever translated here (`translate`), at the database boundary.
 """
@@ -42,6 +44,18 @@ class SchemaNotAtHead(StoreError):
 
 class DatabaseFault(StoreError):
     """An unexpected database error: a bug or a misconfiguration. The message says which."""
+
+
+class BadRequest(StoreError):
+    """A request field is malformed or out of range; fix the named field and ask again."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class NotFound(StoreError):
+    """The requested series or study is not in the catalog (yet)."""
 
 
 # SQLSTATE classes (first two characters) and exact codes, most specific first. Exact codes
@@ -111,8 +125,10 @@ def translate(exc: BaseException) -> StoreError:
 
 __all__ = [
     "MIGRATE_HINT",
+    "BadRequest",
     "DatabaseFault",
     "DatabaseUnavailable",
+    "NotFound",
     "RejectedData",
     "RetryableConflict",
     "SchemaNotAtHead",

@@ -17,7 +17,18 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from seriesflow.v1 import series_store_pb2 as pb
-from store.database import Database
+from store import attributes, queries
+from store.database import Connection, Database
+from store.errors import (
+    BadRequest,
+    DatabaseFault,
+    DatabaseUnavailable,
+    NotFound,
+    RejectedData,
+    RetryableConflict,
+    SchemaNotAtHead,
+    StoreError,
+)
 from store.metrics import StoreMetrics
 from store.stream import Limits, StreamSession
 from store.validation import decode_update
@@ -28,6 +39,19 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeriesStore"].full_name
 
 # grpc ships no type stubs: its context type is Any to mypy either way.
 Context: TypeAlias = Any
+
+
+# Store errors -> gRPC status codes, in one table (tests/store/test_errors.py checks that
+# every StoreError has a row). Client mistakes are never INTERNAL.
+GRPC_STATUS: dict[type[StoreError], grpc.StatusCode] = {
+    BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    RejectedData: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,
+    RetryableConflict: grpc.StatusCode.ABORTED,
+    SchemaNotAtHead: grpc.StatusCode.FAILED_PRECONDITION,
+    DatabaseFault: grpc.StatusCode.INTERNAL,
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +75,38 @@ class SeriesStoreServicer:
     ) -> AsyncIterator[pb.SeriesAck]:
         session = StreamSession(self._db, self._metrics, self._limits, self._draining)
         return session.run(requests, context)
+
+    async def _query(
+        self, fn: Callable[[Connection, Any], Awaitable[Message]], request: Any, context: Context
+    ) -> Message:
+        try:
+            if not self._db.up:
+                raise DatabaseUnavailable("PostgreSQL is unavailable (health probe failing)")
+            return await self._db.run(lambda conn: fn(conn, request))
+        except StoreError as exc:
+            code = GRPC_STATUS[type(exc)]
+            if code == grpc.StatusCode.INTERNAL:
+                _log.error("query failed", extra={"fields": {"error": str(exc)}})
+            await context.abort(code, str(exc))
+            raise AssertionError("abort returned") from exc
+
+    async def GetSeries(self, request: pb.GetSeriesRequest, context: Context) -> Message:
+        return await self._query(queries.get_series, request, context)
+
+    async def ListSeries(self, request: pb.ListSeriesRequest, context: Context) -> Message:
+        return await self._query(queries.list_series, request, context)
+
+    async def GetStudy(self, request: pb.GetStudyRequest, context: Context) -> Message:
+        return await self._query(queries.get_study, request, context)
+
+    async def ListStudies(self, request: pb.ListStudiesRequest, context: Context) -> Message:
+        return await self._query(queries.list_studies, request, context)
+
+    async def ListPatients(self, request: pb.ListPatientsRequest, context: Context) -> Message:
+        return await self._query(queries.list_patients, request, context)
+
+    async def GetAttributes(self, request: pb.GetAttributesRequest, context: Context) -> Message:
+        return await self._query(attributes.get_attributes, request, context)
 
 
 def _decoder(message_class: type[Message]) -> Callable[[bytes], Any]:
