@@ -170,10 +170,13 @@ def test_store_probes_are_native_grpc_health_checks_on_the_grpc_port() -> None:
     grpc_port = container_port(container, "grpc")
     env = container_env(container, render())
     assert int(env["SERIESFLOW_GRPC_PORT"]) == grpc_port
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert container[probe]["grpc"]["port"] == grpc_port, probe
     # Readiness asks about the SeriesStore service: NOT_SERVING while PostgreSQL is down.
     assert container["readinessProbe"]["grpc"]["service"] == "seriesflow.v1.SeriesStore"
+    # Liveness must not follow the database, or an outage restarts every store.
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
+    assert "grpc" not in container["livenessProbe"]
     assert (
         container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"]
         >= 60
