@@ -75,6 +75,7 @@ class ParsedHeader:
     size_bytes: int
     transfer_syntax_uid: str
     fallbacks: set[str]
+    fallback_sop_class_uid: str = ""  # used when the dataset's SOPClassUID is unusable
 
 
 def parse(raw: bytes, transfer_syntax_uid: str) -> ParsedHeader:
@@ -199,6 +200,15 @@ def _scalar(value: Any) -> str:
     return str(value).strip()
 
 
+def sop_class_uid(header: ParsedHeader) -> str:
+    """The dataset's SOPClassUID when well-formed, else the one the C-STORE named."""
+    value = text(header, "SOPClassUID").strip()
+    if value and len(value) <= 64 and _UID.match(value):
+        return value
+    fallback = header.fallback_sop_class_uid
+    return fallback if fallback and len(fallback) <= 64 and _UID.match(fallback) else ""
+
+
 def integer(header: ParsedHeader, keyword: str) -> int | None:
     """An IS attribute as int, or None when absent, empty or not a 32-bit integer."""
     value = header.dataset.get(keyword)
@@ -270,7 +280,7 @@ def build_record(
         instances=[
             pb.Instance(
                 sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=text(header, "SOPClassUID"),
+                sop_class_uid=sop_class_uid(header),
                 instance_number=integer(header, "InstanceNumber"),
                 transfer_syntax_uid=header.transfer_syntax_uid,
                 size_bytes=header.size_bytes,

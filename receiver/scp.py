@@ -176,6 +176,9 @@ def _store(event: evt.Event, deps: ScpDeps) -> Dataset | int:
     received = time.time()
     try:
         parsed = header.parse(raw, str(event.context.transfer_syntax))
+        # The negotiated class is valid by construction; a dataset's own SOPClassUID may
+        # not be, and the store would refuse the whole series' update for it.
+        parsed.fallback_sop_class_uid = str(event.request.AffectedSOPClassUID or "")
         representative = deps.tracker.needs_representative(parsed.series_uid)
         record = header.build_record(
             parsed,
