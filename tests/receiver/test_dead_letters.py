@@ -1,0 +1,117 @@
+"""Updates a store rejects as INVALID are kept as dead letters, listed, and replayed.
+
+The rejecting side is a real gRPC server on a real socket that applies a rule the real
+store does not have (it refuses one series); the replay then goes to the real store.
+"""
+
+# ruff: noqa: F811  (fixtures are imported from rx_harness: pytest finds them by name)
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+import rx_dicom
+import rx_send
+from rx_harness import MakeReceiver, make_receiver, store  # noqa: F401 (fixtures)
+from rx_store import StoreProcess, series_counts, wait_for
+
+from receiver import dead_letters
+from seriesflow.v1 import series_store_pb2 as pb
+from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
+
+
+class FussyStore(pb_grpc.SeriesStoreServicer):
+    """Acks every update, except those of `refused` series: INVALID, naming the field."""
+
+    def __init__(self, refused: set[str]) -> None:
+        self.refused = refused
+        self.seen: list[pb.SeriesUpdate] = []
+        self.lock = threading.Lock()
+
+    def StoreSeries(
+        self, request_iterator: Iterator[pb.SeriesUpdate], context: grpc.ServicerContext
+    ) -> Iterator[pb.SeriesAck]:
+        for update in request_iterator:
+            with self.lock:
+                self.seen.append(update)
+            if update.series.series_instance_uid in self.refused:
+                yield pb.SeriesAck(
+                    update_id=update.update_id,
+                    ok=False,
+                    error=pb.AckError(
+                        kind=pb.AckError.KIND_INVALID,
+                        field="series.series_instance_uid",
+                        message="refused by the test's rule",
+                    ),
+                )
+            else:
+                yield pb.SeriesAck(update_id=update.update_id, ok=True)
+
+
+@pytest.fixture
+def fussy() -> Iterator[tuple[FussyStore, str]]:
+    servicer = FussyStore(set())
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_SeriesStoreServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+def test_rejected_update_is_dead_lettered_listed_and_replayed_to_the_store(
+    make_receiver: MakeReceiver,
+    fussy: tuple[FussyStore, str],
+    store: StoreProcess,
+    database_url: str,
+) -> None:
+    servicer, address = fussy
+    refused, accepted = rx_dicom.SeriesSpec(), rx_dicom.SeriesSpec()
+    servicer.refused.add(refused.series_uid)
+    receiver = make_receiver(store_address=address)
+
+    rx_send.send_all(
+        receiver.dicom_port, rx_dicom.series(refused, 3) + rx_dicom.series(accepted, 2)
+    )
+    wait_for(lambda: receiver.spool.count_dead_letters() == 1)
+    wait_for(lambda: receiver.spool.stats()[0] == 0)  # nothing pending: not retried forever
+
+    config = receiver.config
+    listing = io.StringIO()
+    assert dead_letters.main(config, replay=False, update_ids=[], out=listing) == 0
+    [line] = [row for row in listing.getvalue().splitlines()[1:]]
+    update_id, _, series_uid, count, kind, field, message = line.split("\t")
+    assert (series_uid, count, kind, field) == (
+        refused.series_uid,
+        "3",
+        "invalid",
+        "series.series_instance_uid",
+    )
+    assert message == "refused by the test's rule"
+
+    # Replaying to a store that still refuses keeps the letter.
+    out = io.StringIO()
+    assert dead_letters.main(config, replay=True, update_ids=[update_id], out=out) == 1
+    assert "still rejected" in out.getvalue()
+    assert receiver.spool.count_dead_letters() == 1
+
+    # The cause is fixed (here: the real store, which has no such rule): replay delivers it.
+    fixed = dataclasses.replace(config, store_address=store.address)
+    out = io.StringIO()
+    assert dead_letters.main(fixed, replay=True, update_ids=[], out=out) == 0
+    assert f"{update_id}\treplayed" in out.getvalue()
+    assert series_counts(database_url) == {refused.series_uid: 3}
+    assert receiver.spool.count_dead_letters() == 0
+
+
+def test_unknown_update_id_is_reported(make_receiver: MakeReceiver) -> None:
+    receiver = make_receiver()
+    out = io.StringIO()
+    assert dead_letters.main(receiver.config, replay=False, update_ids=["nope"], out=out) == 1
+    assert "no dead letter with update id nope" in out.getvalue()
