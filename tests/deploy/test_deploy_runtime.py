@@ -10,12 +10,8 @@ commands, the compose healthcheck commands and Orthanc configured as in compose.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,128 +20,26 @@ from deploy_runtime import (
     POD_NAME,
     SERVING,
     Localizer,
-    Service,
-    Source,
     chart_source,
     compose_source,
+    deployed,
+    echoscu,
     grpc_health,
     http_json,
     http_status,
-    list_series,
     process_env,
+    run_migrate,
+    send_study,
     seriesflow_command,
     start,
     stop,
+    wait_for_catalog,
     wait_until,
 )
 from deploy_support import ROOT, by_kind, pod_spec
 from dicom_files import write_study
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Running:
-    source: Source
-    localizer: Localizer
-    store: Service
-    receiver: Service
-    settings: dict[str, dict[str, str]]
-
-    def local(self, container: str, setting: str) -> str:
-        return self.settings[container][setting]
-
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.local('store', 'SERIESFLOW_GRPC_PORT')}"
-
-    @property
-    def dicom_port(self) -> int:
-        return int(self.local("receiver", "SERIESFLOW_DICOM_PORT"))
-
-
-def run_migrate(settings: dict[str, str], args: tuple[str, ...], folder: Path) -> None:
-    result = subprocess.run(
-        seriesflow_command(args),
-        env=process_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=folder,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-@contextmanager
-def deployed(source: Source, database_url: str, folder: Path) -> Iterator[Running]:
-    """migrate, then store and receiver, each healthy, as their deployment file says."""
-    localizer = Localizer(source.hostnames, database_url, folder / "data")
-    settings = {name: localizer.env(c) for name, c in source.containers.items()}
-    migrate = source.containers["migrate"]
-    # Init containers run again on every pod start: the second run must be a no-op.
-    run_migrate(settings["migrate"], migrate.args, folder)
-    run_migrate(settings["migrate"], migrate.args, folder)
-    store = start("store", source.containers["store"].args, settings["store"], folder)
-    started = [store]
-    try:
-        address = f"127.0.0.1:{settings['store']['SERIESFLOW_GRPC_PORT']}"
-        wait_until(
-            "store SERVING",
-            lambda: grpc_health(address, "seriesflow.v1.SeriesStore") == SERVING,
-            started,
-        )
-        receiver = start(
-            "receiver", source.containers["receiver"].args, settings["receiver"], folder
-        )
-        started.append(receiver)
-        ready = (
-            f"http://127.0.0.1:{settings['receiver']['SERIESFLOW_RECEIVER_METRICS_PORT']}/readyz"
-        )
-        wait_until("receiver /readyz", lambda: http_status(ready) == 200, started)
-        yield Running(source, localizer, store, receiver, settings)
-    finally:
-        codes = {s.name: stop(s) for s in reversed(started)}
-    assert codes == {s.name: 0 for s in started}, "a clean SIGTERM shutdown exits 0"
-
-
-def echoscu(ae_title: str, port: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [require_tool("echoscu"), "-aec", ae_title, "127.0.0.1", str(port)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-def send_study(folder: Path, port: int, ae_title: str, sizes: list[int]) -> dict[str, int]:
-    written = write_study(folder, sizes)
-    sent = subprocess.run(
-        [
-            require_tool("storescu"),
-            "-aec",
-            ae_title,
-            "+sd",
-            "+r",
-            "127.0.0.1",
-            str(port),
-            str(folder),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )
-    assert sent.returncode == 0, sent.stderr
-    return {s.series_instance_uid: len(s.sop_instance_uids) for s in written}
-
-
-def wait_for_catalog(running: Running, expected: dict[str, int]) -> list[object]:
-    def arrived() -> bool:
-        found = {s.series_instance_uid: s.num_instances for s in list_series(running.grpc_address)}
-        return all(found.get(uid) == count for uid, count in expected.items())
-
-    wait_until("series in the catalog", arrived, [running.store, running.receiver], timeout=90)
-    return [s for s in list_series(running.grpc_address) if s.series_instance_uid in expected]
 
 
 def test_chart_environment_runs_migrate_store_and_receiver_through_their_probes(

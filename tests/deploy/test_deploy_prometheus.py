@@ -1,0 +1,178 @@
+"""A real Prometheus scrapes the running services during an ingest; the dashboard has data.
+
+Debian's prometheus runs with the compose scrape configuration (targets localized, scraped
+every second) and the alert rules loaded. While store and receiver run with the chart's
+environment and a study is sent, every expression of every dashboard panel is queried
+through the HTTP API and must return data; every alert rule must evaluate without error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import free_port, require_tool
+from deploy_runtime import (
+    chart_source,
+    deployed,
+    http_json,
+    http_status,
+    list_series,
+    send_study,
+    wait_for_catalog,
+)
+from deploy_support import ROOT, metric_names
+
+pytestmark = pytest.mark.slow
+
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "seriesflow.json"
+# Grafana replaces $__rate_interval with at least four scrape intervals; a fixed window that
+# covers the whole ingest stands in for it here.
+RATE_INTERVAL = "2m"
+
+
+def prometheus_config(local_port: Callable[[str], int], web_address: str) -> dict[str, Any]:
+    """The compose prometheus.yml: targets on 127.0.0.1 at the local ports, 1 s scrapes."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    for job in config["scrape_configs"]:
+        (static,) = job["static_configs"]
+        static["targets"] = [
+            web_address if job["job_name"] == "prometheus" else f"127.0.0.1:{local_port(t)}"
+            for t in static["targets"]
+        ]
+    return dict(config)
+
+
+@contextmanager
+def running_prometheus(folder: Path, local_port: Callable[[str], int]) -> Iterator[str]:
+    binary = require_tool("prometheus")
+    folder.mkdir(parents=True)
+    web = f"127.0.0.1:{free_port()}"
+    config = prometheus_config(local_port, web)
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(PROMETHEUS_DIR / "alerts.yml", folder / "alerts.yml")
+    log = open(folder / "prometheus.log", "wb")  # noqa: SIM115 (lives with the process)
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address={web}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=log,
+        cwd=folder,
+    )
+    url = f"http://{web}"
+    try:
+        deadline = time.monotonic() + 60
+        while http_status(f"{url}/-/ready") != 200:
+            assert process.poll() is None, (folder / "prometheus.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "Prometheus did not become ready"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def query(url: str, expr: str) -> list[dict[str, Any]]:
+    answer = http_json(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    assert answer["status"] == "success", answer
+    return list(answer["data"]["result"])
+
+
+def dashboard_expressions() -> list[tuple[str, str]]:
+    board = json.loads(DASHBOARD.read_text())
+    return [
+        (panel["title"], target["expr"].replace("$__rate_interval", RATE_INTERVAL))
+        for panel in board["panels"]
+        if panel["type"] != "row"
+        for target in panel["targets"]
+    ]
+
+
+def wait_for(what: str, check: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_prometheus_scrapes_an_ingest_and_every_dashboard_panel_returns_data(
+    database_url: str, tmp_path: Path
+) -> None:
+    with deployed(chart_source(), database_url, tmp_path / "services") as running:
+        # Compose scrapes store:9101 and receiver:9102; here, the same ports localized.
+        def local_port(target: str) -> int:
+            return running.localizer.port(target.rsplit(":", 1)[1])
+
+        with running_prometheus(tmp_path / "prometheus", local_port) as url:
+            wait_for(
+                "both targets up",
+                lambda: (
+                    {r["metric"]["job"]: r["value"][1] for r in query(url, "up")}
+                    == {"seriesflow-store": "1", "seriesflow-receiver": "1", "prometheus": "1"}
+                ),
+            )
+            ae_title = running.local("receiver", "SERIESFLOW_AE_TITLE")
+            expected = send_study(tmp_path / "dicom", running.dicom_port, ae_title, [4, 3, 2])
+            wait_for_catalog(running, expected)
+            list_series(running.grpc_address)  # a finished unary RPC for the gRPC panels
+            total = sum(expected.values())
+
+            def scraped_after_ingest() -> bool:
+                stored = query(url, 'sum(seriesflow_store_instances_total{result="new"})')
+                return bool(stored) and float(stored[0]["value"][1]) >= total
+
+            wait_for("the ingest in Prometheus", scraped_after_ingest)
+            time.sleep(3)  # a few more scrapes, so every rate() has samples on both sides
+
+            empty, not_finite = [], []
+            for title, expr in dashboard_expressions():
+                result = query(url, expr)
+                if not result:
+                    empty.append(f"{title}: {expr}")
+                elif not any(math.isfinite(float(r["value"][1])) for r in result):
+                    not_finite.append(f"{title}: {expr} -> {result}")
+            assert not empty, "panels without data:\n" + "\n".join(empty)
+            assert not not_finite, "panels with only NaN/Inf:\n" + "\n".join(not_finite)
+
+            # The numbers are the ingest's, not just present.
+            received = query(url, 'sum(seriesflow_receiver_instances_total{status="success"})')
+            assert float(received[0]["value"][1]) == total
+            flushed = query(url, "sum(seriesflow_receiver_series_flushed_total)")
+            assert float(flushed[0]["value"][1]) >= len(expected)
+            used = {name for _, expr in dashboard_expressions() for name in metric_names(expr)}
+            exposed = {
+                r["metric"]["__name__"] for r in query(url, '{__name__=~"seriesflow_.*|grpc_.*"}')
+            }
+            assert used <= exposed, (
+                f"dashboard metrics the services do not expose: {used - exposed}"
+            )
+
+            def rules() -> list[dict[str, Any]]:
+                groups = http_json(f"{url}/api/v1/rules")["data"]["groups"]
+                return [rule for group in groups for rule in group["rules"]]
+
+            alerts = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+            assert len(rules()) == sum(len(g["rules"]) for g in alerts), "all rules loaded"
+            # A rule not evaluated yet reports the zero time, 0001-01-01.
+            wait_for("rule evaluation", lambda: all(r["lastEvaluation"] > "2000" for r in rules()))
+            for rule in rules():
+                assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
+                assert rule["state"] == "inactive", f"{rule['name']} fires on a healthy ingest"
