@@ -41,5 +41,7 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pynetdicom logs every PDU and identifiers at INFO/DEBUG; keep it to problems only.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    # pynetdicom logs every PDU and identifiers at INFO/DEBUG, pgserver every command it
+    # runs: keep both to problems only.
+    for chatty in ("pynetdicom", "pgserver"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

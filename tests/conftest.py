@@ -7,8 +7,10 @@ tests never see each other's rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,18 +38,42 @@ def require_tool(name: str) -> str:
     return found
 
 
+@contextlib.contextmanager
+def shared_temp_dir() -> Iterator[Path]:
+    """A fresh folder under /tmp that other users can traverse, removed afterwards.
+
+    As root, pgserver runs PostgreSQL as its own user, which must traverse every parent of
+    its data folder. pytest's base temp folder is private (0700, and pytest resets that
+    whenever any pytest session starts), so data folders for PostgreSQL live here instead.
+    """
+    path = Path(tempfile.mkdtemp(prefix="seriesflow-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_tmp_path() -> Iterator[Path]:
+    """Like tmp_path, but usable as (a parent of) an embedded PostgreSQL data folder."""
+    with shared_temp_dir() as path:
+        yield path
+
+
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server_url() -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database, for creating test databases."""
     configured = os.environ.get("SERIESFLOW_DATABASE_URL")
     if configured:
         yield configured
         return
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
-    try:
-        yield embedded.url
-    finally:
-        embedded.stop()
+    with shared_temp_dir() as folder:
+        embedded = EmbeddedPostgres(folder)
+        try:
+            yield embedded.url
+        finally:
+            embedded.stop()
 
 
 @pytest.fixture

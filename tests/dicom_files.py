@@ -32,13 +32,14 @@ def ct_instance(
     instance_number: int = 1,
     series_number: int = 1,
     size: int = 8,
+    transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> Dataset:
     """A CT image with the identifiers given and a size x size 16-bit pixel matrix."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = CTImageStorage

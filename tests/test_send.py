@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-from dicom_files import write_study
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from dicom_files import ct_instance, write_study
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -43,7 +43,8 @@ class RecordingScp:
         with self._lock:
             self.calling.add(event.assoc.requestor.ae_title)
             self.received[str(ds.SOPInstanceUID)] = str(event.context.transfer_syntax)
-        if self._reject_uid_prefix and str(ds.SOPInstanceUID).startswith(self._reject_uid_prefix):
+        prefix = self._reject_uid_prefix
+        if prefix is not None and str(ds.SOPInstanceUID).startswith(prefix):
             return 0xA900
         return 0x0000
 
@@ -90,14 +91,11 @@ def test_send_reports_and_skips_files_that_are_not_dicom(scp: RecordingScp, tmp_
 
 
 def test_send_keeps_each_file_in_its_own_transfer_syntax(scp: RecordingScp, tmp_path: Path) -> None:
-    [series] = write_study(tmp_path, [2])
-    from pydicom import dcmread
-
+    study, series = generate_uid(), generate_uid()
     syntaxes = (ImplicitVRLittleEndian, ExplicitVRBigEndian)
-    for path, syntax in zip(series.files, syntaxes, strict=True):
-        ds = dcmread(path)
-        ds.file_meta.TransferSyntaxUID = syntax
-        ds.save_as(path, implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian)
+    for number, syntax in enumerate(syntaxes):
+        ds = ct_instance(study, series, generate_uid(), transfer_syntax=syntax)
+        ds.save_as(tmp_path / f"{number}.dcm", enforce_file_format=True)
     result = seriesflow("send", str(tmp_path), "--port", str(scp.port))
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(scp.received.values()) == sorted([ImplicitVRLittleEndian, ExplicitVRBigEndian])

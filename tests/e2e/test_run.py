@@ -152,13 +152,13 @@ def expected_counts(written: list[WrittenSeries]) -> dict[str, int]:
 
 
 def test_run_receives_a_folder_from_storescu_and_keeps_it_across_restarts(
-    tmp_path: Path, ports: dict[str, int]
+    tmp_path: Path, pg_tmp_path: Path, ports: dict[str, int]
 ) -> None:
     storescu = require_tool("storescu")
     echoscu = require_tool("echoscu")
     grpcurl = require_tool("grpcurl")
     written = write_study(tmp_path / "dicom", [5, 3, 2])
-    data_dir = tmp_path / "data"
+    data_dir = pg_tmp_path / "data"
 
     service = start_service(data_dir, ports)
     try:
