@@ -9,6 +9,7 @@ cannot: security context, probes, selectors, hook ordering, monitoring objects.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import subprocess
 import warnings
 from pathlib import Path
@@ -39,6 +40,10 @@ from deploy_support import (
     render,
     run_helm_template,
 )
+
+from receiver.config import ReceiverConfig
+from seriesflow import settings
+from store.config import StoreConfig
 
 ROOT = CHART.parents[2]
 VALUE_SETS = [pytest.param((), id="defaults")] + [
@@ -550,3 +555,38 @@ def test_notes_tell_how_to_send_dicom_and_query_with_grpcurl(
     assert "storescu -aec STORESCP" in notes
     assert "grpcurl -plaintext" in notes and "seriesflow.v1.SeriesStore/ListStudies" in notes
     assert "port-forward service/sf-seriesflow-store 50051:50051" in notes
+
+
+def settings_read_by(container_args: list[str]) -> set[str]:
+    """SERIESFLOW_* variables the command's configuration class reads."""
+    config_class = ReceiverConfig if container_args[0] == "receiver" else StoreConfig
+    return {settings.env_name(f.name) for f in dataclasses.fields(config_class)}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_every_variable_the_chart_sets_is_a_setting_the_service_reads(
+    values: tuple[Path, ...],
+) -> None:
+    # Unknown SERIESFLOW_* variables are ignored at run time, so a misspelt one in the chart
+    # (or in store.settings / receiver.settings) would silently do nothing.
+    objects = render(values)
+    checked = 0
+    for workload in [o for o in objects if o["kind"] in {"Deployment", "StatefulSet", "Job"}]:
+        for container in containers(workload):
+            args = container.get("args")
+            if not args or args[0] not in {"store", "receiver", "migrate"}:
+                continue
+            given = {k for k in container_env(container, objects) if k.startswith("SERIESFLOW_")}
+            unknown = given - settings_read_by(args)
+            assert not unknown, f"{container['name']} gets {unknown}, which it does not read"
+            checked += 1
+    assert checked >= 2
+
+
+def test_every_variable_compose_sets_is_a_setting_the_service_reads() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in ("migrate", "store", "receiver"):
+        service = compose["services"][name]
+        given = {k for k in service["environment"] if k.startswith("SERIESFLOW_")}
+        unknown = given - settings_read_by(service["command"])
+        assert not unknown, f"compose {name} gets {unknown}, which it does not read"
