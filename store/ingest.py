@@ -38,16 +38,10 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from store import instances
 from store.database import Connection
+from store.instances import SeriesState
 from store.validation import ValidUpdate
-
-COMPLETING = ("IDLE", "RELEASED")
-
-
-@dataclass
-class SeriesState:
-    num_instances: int
-    status: str  # RECEIVING or COMPLETE
 
 
 @dataclass
@@ -122,16 +116,24 @@ async def _merge_round(conn: Connection, updates: list[ValidUpdate], result: Bat
             conn, mismatched_patients, mismatched_studies, study_patient, series_rows
         )
 
-    states, inserted = await _insert_instances(conn, updates, series_rows)
+    outcome = await instances.insert(
+        conn, updates, {uid: row[0] for uid, row in series_rows.items()}
+    )
     for update in updates:
-        result.series[update.series_uid] = states[series_rows[update.series_uid][0]]
-    submitted = {u.series_uid: len(u.instances) for u in updates}
-    short = [u for u in updates if inserted[series_rows[u.series_uid][0]] < submitted[u.series_uid]]
-    held_elsewhere = await _instances_in_other_series(conn, short, series_rows) if short else []
-    conflicts += held_elsewhere
-    total_inserted = sum(inserted.values())
-    result.new += total_inserted
-    result.duplicate += sum(submitted.values()) - total_inserted - len(held_elsewhere)
+        result.series[update.series_uid] = outcome.states[series_rows[update.series_uid][0]]
+    conflicts += [
+        _Conflict(
+            "instance_in_other_series",
+            c.sop_instance_uid,
+            c.holder_series_uid,
+            c.update.series_uid,
+            c.update.update_id,
+            str(c.update.series["receiver_id"]),
+        )
+        for c in outcome.claims
+    ]
+    result.new += outcome.new
+    result.duplicate += outcome.duplicate
     if conflicts:
         await _record_conflicts(conn, conflicts)
         for conflict in conflicts:
@@ -157,8 +159,8 @@ async def _upsert_patients(
         """
         INSERT INTO patients AS p (patient_id, issuer_of_patient_id, patient_name,
                                    patient_birth_date, patient_birth_date_raw, patient_sex)
-        SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::date[], %s::text[],
-                             %s::text[]) AS t(a, b, c, d, e, f)
+        SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::date[], %b::text[],
+                             %b::text[]) AS t(a, b, c, d, e, f)
         ORDER BY a, b
         ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
             patient_name = COALESCE(NULLIF(EXCLUDED.patient_name, ''), p.patient_name),
@@ -201,8 +203,8 @@ async def _upsert_studies(
         INSERT INTO studies AS s (patient_fk, study_instance_uid, study_date, study_date_raw,
                                   study_time, study_description, accession_number, study_id,
                                   referring_physician_name)
-        SELECT * FROM unnest(%s::bigint[], %s::text[], %s::date[], %s::text[], %s::text[],
-                             %s::text[], %s::text[], %s::text[], %s::text[])
+        SELECT * FROM unnest(%b::bigint[], %b::text[], %b::date[], %b::text[], %b::text[],
+                             %b::text[], %b::text[], %b::text[], %b::text[])
             AS t(a, b, c, d, e, f, g, h, i)
         ORDER BY b
         ON CONFLICT (study_instance_uid) DO UPDATE SET
@@ -260,7 +262,7 @@ async def _upsert_series(
     ]
     params += [[u.series[c] for u in updates] for c in _SERIES_TEXT]
     text_cols = ", ".join(_SERIES_TEXT)
-    text_types = ", ".join(["%s::text[]"] * len(_SERIES_TEXT))
+    text_types = ", ".join(["%b::text[]"] * len(_SERIES_TEXT))
     text_sets = ",\n".join(f"{c} = COALESCE(NULLIF(EXCLUDED.{c}, ''), s.{c})" for c in _SERIES_TEXT)
     cur = await conn.execute(
         f"""
@@ -270,8 +272,8 @@ async def _upsert_series(
         SELECT uid, study_fk, patient_fk, num, d, d_raw,
                ARRAY(SELECT jsonb_array_elements_text(fallbacks::jsonb)), header::jsonb,
                {text_cols}
-        FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::int[], %s::date[], %s::text[],
-                    %s::text[], %s::text[], {text_types})
+        FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::int[], %b::date[], %b::text[],
+                    %b::text[], %b::text[], {text_types})
             AS t(uid, study_fk, patient_fk, num, d, d_raw, fallbacks, header, {text_cols})
         ORDER BY uid
         ON CONFLICT (series_instance_uid) DO UPDATE SET
@@ -291,141 +293,6 @@ async def _upsert_series(
         params,
     )
     return {str(r[0]): (int(r[1]), int(r[2])) for r in await cur.fetchall()}  # type: ignore[call-overload]
-
-
-async def _insert_instances(
-    conn: Connection, updates: list[ValidUpdate], series_rows: dict[str, tuple[int, int]]
-) -> tuple[dict[int, SeriesState], dict[int, int]]:
-    """Insert new instances, then fold exactly the inserted rows into series/study/patient.
-
-    Returns series id -> state after the update, and series id -> rows inserted.
-    """
-    series_fk: list[int] = []
-    sop: list[str] = []
-    sop_class: list[str] = []
-    number: list[int | None] = []
-    syntax: list[str] = []
-    size: list[int] = []
-    received: list[int] = []
-    for u in updates:
-        inst = u.instances
-        series_fk += [series_rows[u.series_uid][0]] * len(inst)
-        sop += inst.sop_instance_uid
-        sop_class += inst.sop_class_uid
-        number += inst.instance_number
-        syntax += inst.transfer_syntax_uid
-        size += inst.size_bytes
-        received += inst.received_us
-    cur = await conn.execute(
-        """
-        WITH ins AS (
-            INSERT INTO instances (series_fk, sop_instance_uid, sop_class_uid, instance_number,
-                                   transfer_syntax_uid, size_bytes, received_at)
-            SELECT series_fk, sop, cls, num, ts, size,
-                   timestamptz 'epoch' + us * interval '1 microsecond'
-            FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::int[], %s::text[],
-                        %s::bigint[], %s::bigint[]) AS t(series_fk, sop, cls, num, ts, size, us)
-            ORDER BY sop
-            ON CONFLICT (sop_instance_uid) DO NOTHING
-            RETURNING series_fk, size_bytes, received_at
-        ), added AS (
-            SELECT series_fk, count(*) AS n, sum(size_bytes) AS bytes,
-                   min(received_at) AS first_at, max(received_at) AS last_at
-            FROM ins GROUP BY series_fk
-        ), target AS (
-            SELECT * FROM unnest(%s::bigint[], %s::text[]) AS t(series_fk, reason)
-        ), upd AS (
-            UPDATE series s SET
-                num_instances = s.num_instances + COALESCE(a.n, 0),
-                total_size_bytes = s.total_size_bytes + COALESCE(a.bytes, 0),
-                first_received_at = LEAST(s.first_received_at, a.first_at),
-                last_received_at = GREATEST(s.last_received_at, a.last_at),
-                completion_reason = t.reason,
-                status = CASE
-                    WHEN t.reason IN ('IDLE', 'RELEASED') THEN 'COMPLETE'
-                    WHEN a.n > 0 THEN 'RECEIVING'
-                    ELSE s.status END,
-                completed_at = CASE
-                    WHEN t.reason IN ('IDLE', 'RELEASED') THEN
-                        CASE WHEN s.status = 'COMPLETE' AND a.n IS NULL
-                             THEN s.completed_at ELSE now() END
-                    WHEN a.n > 0 THEN NULL
-                    ELSE s.completed_at END
-            FROM target t LEFT JOIN added a ON a.series_fk = t.series_fk
-            WHERE s.id = t.series_fk
-            RETURNING s.id, s.study_fk, s.num_instances, s.status, COALESCE(a.n, 0) AS n,
-                      a.first_at, a.last_at
-        ), study_added AS (
-            SELECT study_fk, min(first_at) AS first_at, max(last_at) AS last_at
-            FROM upd WHERE n > 0 GROUP BY study_fk
-        ), upd_study AS (
-            UPDATE studies st SET
-                first_received_at = LEAST(st.first_received_at, sa.first_at),
-                last_received_at = GREATEST(st.last_received_at, sa.last_at)
-            FROM study_added sa WHERE st.id = sa.study_fk
-            RETURNING st.patient_fk, sa.last_at
-        ), upd_patient AS (
-            UPDATE patients p SET last_received_at = GREATEST(p.last_received_at, x.last_at)
-            FROM (SELECT patient_fk, max(last_at) AS last_at FROM upd_study
-                  GROUP BY patient_fk) AS x
-            WHERE p.id = x.patient_fk
-        )
-        SELECT id, num_instances, status, n FROM upd
-        """,
-        [
-            series_fk,
-            sop,
-            sop_class,
-            number,
-            syntax,
-            size,
-            received,
-            [series_rows[u.series_uid][0] for u in updates],
-            [u.reason for u in updates],
-        ],
-    )
-    states: dict[int, SeriesState] = {}
-    inserted: dict[int, int] = {}
-    for row in await cur.fetchall():
-        sid = int(row[0])  # type: ignore[call-overload]
-        states[sid] = SeriesState(int(row[1]), str(row[2]))  # type: ignore[call-overload]
-        inserted[sid] = int(row[3])  # type: ignore[call-overload]
-    return states, inserted
-
-
-async def _instances_in_other_series(
-    conn: Connection, updates: list[ValidUpdate], series_rows: dict[str, tuple[int, int]]
-) -> list[_Conflict]:
-    claims_fk: list[int] = []
-    claims_sop: list[str] = []
-    by_fk = {series_rows[u.series_uid][0]: u for u in updates}
-    for u in updates:
-        claims_fk += [series_rows[u.series_uid][0]] * len(u.instances)
-        claims_sop += u.instances.sop_instance_uid
-    cur = await conn.execute(
-        """
-        SELECT t.series_fk, t.sop, s.series_instance_uid
-        FROM unnest(%s::bigint[], %s::text[]) AS t(series_fk, sop)
-        JOIN instances i ON i.sop_instance_uid = t.sop
-        JOIN series s ON s.id = i.series_fk
-        WHERE i.series_fk <> t.series_fk
-        """,
-        [claims_fk, claims_sop],
-    )
-    out = []
-    for fk, sop_uid, holder in await cur.fetchall():
-        u = by_fk[int(fk)]  # type: ignore[call-overload]
-        out.append(
-            _Conflict(
-                "instance_in_other_series",
-                str(sop_uid),
-                str(holder),
-                u.series_uid,
-                u.update_id,
-                str(u.series["receiver_id"]),
-            )
-        )
-    return out
 
 
 async def _describe_mismatches(
@@ -482,8 +349,8 @@ async def _record_conflicts(conn: Connection, conflicts: list[_Conflict]) -> Non
         """
         INSERT INTO merge_conflicts AS m (kind, subject_uid, kept_value, rejected_value,
                                           update_id, receiver_id)
-        SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                             %s::text[]) AS t(a, b, c, d, e, f)
+        SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                             %b::text[]) AS t(a, b, c, d, e, f)
         ORDER BY a, b, d
         ON CONFLICT (kind, subject_uid, rejected_value) DO UPDATE SET
             occurrences = m.occurrences + 1,

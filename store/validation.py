@@ -15,7 +15,7 @@ An update is rejected (ack ok=false, kind INVALID, naming the field) when:
 
 Everything else is normalised here, once: dates parsed to `datetime.date` (an invalid date
 becomes None, and the raw text is kept), duplicate SOPInstanceUIDs inside one update
-collapsed, timestamps turned into microseconds since the epoch.
+collapsed, timestamps turned into aware datetimes (UTC).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Instances:
     instance_number: list[int | None] = field(default_factory=list)
     transfer_syntax_uid: list[str] = field(default_factory=list)
     size_bytes: list[int] = field(default_factory=list)
-    received_us: list[int] = field(default_factory=list)
+    received_at: list[dt.datetime] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.sop_instance_uid)
@@ -282,16 +282,15 @@ def validate(update: pb.SeriesUpdate, *, received_at: float, max_instances: int)
         reason=reason,
         header_json=_header(update.representative_header_json),
         fallbacks=fallbacks,
-        instances=_instances(update, received_at_us=_now_us()),
+        instances=_instances(update, now=dt.datetime.now(dt.UTC)),
         received_at=received_at,
     )
 
 
-def _now_us() -> int:
-    return int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _instances(update: pb.SeriesUpdate, *, received_at_us: int) -> Instances:
+def _instances(update: pb.SeriesUpdate, *, now: dt.datetime) -> Instances:
     # The hot loop of ingestion (one pass per instance): keep it to plain attribute reads
     # and one regex; sop class / transfer syntax UIDs repeat, so each is checked once.
     out = Instances()
@@ -318,10 +317,10 @@ def _instances(update: pb.SeriesUpdate, *, received_at_us: int) -> Instances:
                 raise InvalidUpdate(
                     f"instances[{index}].received_at", "is outside years 0001..9999"
                 )
-            received = ts.seconds * 1_000_000 + ts.nanos // 1000
+            received = _EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
         else:
             # Not given: the time the store received it is the best estimate.
-            received = received_at_us
+            received = now
         out.sop_instance_uid.append(sop)
         out.sop_class_uid.append(sop_class)
         out.instance_number.append(
@@ -329,5 +328,5 @@ def _instances(update: pb.SeriesUpdate, *, received_at_us: int) -> Instances:
         )
         out.transfer_syntax_uid.append(syntax)
         out.size_bytes.append(inst.size_bytes)
-        out.received_us.append(received)
+        out.received_at.append(received)
     return out

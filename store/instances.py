@@ -1,0 +1,256 @@
+"""Instance rows: insert the new ones, classify the rest, fold exact counts into series.
+
+Called by store.ingest with the round's series rows already upserted, which holds their
+row locks: no other transaction can add instances to these series until we commit, so
+"which of these SOP UIDs already exist" cannot change under us for our own series.
+
+Fast path (every instance new, the common case): COPY the rows straight into `instances`
+inside a savepoint. If any SOP UID already exists (a re-send, a duplicate, another series
+holding it, or a concurrent writer claiming it for another series right now) the COPY fails
+with a unique violation, the savepoint rolls back, and the slow path runs: INSERT ... ON
+CONFLICT DO NOTHING RETURNING, then a lookup of who holds the rest. That path is correct
+under any interleaving; the fast one is only taken when it provably inserted everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import compress, repeat
+
+import psycopg.errors
+
+from store.database import Connection
+from store.validation import ValidUpdate
+
+_COPY = (
+    "COPY instances (sop_instance_uid, series_fk, sop_class_uid, instance_number,"
+    " transfer_syntax_uid, size_bytes, received_at) FROM STDIN (FORMAT BINARY)"
+)
+_COPY_TYPES = ["text", "int8", "text", "int4", "text", "int8", "timestamptz"]
+
+
+@dataclass
+class SeriesState:
+    num_instances: int
+    status: str  # RECEIVING or COMPLETE
+
+
+@dataclass
+class Claim:
+    """An instance an update claimed for its series that another series already holds."""
+
+    sop_instance_uid: str
+    holder_series_uid: str
+    update: ValidUpdate
+
+
+@dataclass
+class Outcome:
+    states: dict[int, SeriesState] = field(default_factory=dict)  # by series id
+    new: int = 0
+    duplicate: int = 0
+    claims: list[Claim] = field(default_factory=list)
+
+
+@dataclass
+class _Rows:
+    """One update's instance rows that are to be inserted (a filtered view of its columns)."""
+
+    update: ValidUpdate
+    series_id: int
+    keep: list[bool] | None = None  # None = every row
+
+    def column(self, values: list[object]) -> list[object]:
+        return values if self.keep is None else list(compress(values, self.keep))
+
+    def count(self) -> int:
+        return len(self.update.instances) if self.keep is None else sum(self.keep)
+
+
+async def insert(
+    conn: Connection, updates: list[ValidUpdate], series_ids: dict[str, int]
+) -> Outcome:
+    out = Outcome()
+    pending, not_inserted = _in_round(updates, series_ids)
+    try:
+        async with conn.transaction():  # a savepoint: the COPY may lose a race
+            await _copy(conn, pending)
+        inserted = pending
+    except psycopg.errors.UniqueViolation:
+        inserted, lost = await _insert_racing(conn, pending)
+        not_inserted += lost
+    if not_inserted:
+        await _classify(conn, not_inserted, out)
+    out.new = sum(rows.count() for rows in inserted)
+    await _fold(conn, updates, series_ids, inserted, out)
+    return out
+
+
+def _in_round(
+    updates: list[ValidUpdate], series_ids: dict[str, int]
+) -> tuple[list[_Rows], list[tuple[str, ValidUpdate]]]:
+    """Every update's rows, minus SOP UIDs an earlier series of this round also claims
+    (updates come sorted by series UID, so the first series of the round tries first).
+    The held-back claims are returned, to be classified once the insert shows who won."""
+    pending = [_Rows(u, series_ids[u.series_uid]) for u in updates]
+    sops = [sop for u in updates for sop in u.instances.sop_instance_uid]
+    if len(sops) == len(set(sops)):
+        return pending, []
+    first: dict[str, str] = {}
+    held_back: list[tuple[str, ValidUpdate]] = []
+    for rows in pending:
+        keep = []
+        for sop in rows.update.instances.sop_instance_uid:
+            tries = first.setdefault(sop, rows.update.series_uid) == rows.update.series_uid
+            keep.append(tries)
+            if not tries:
+                held_back.append((sop, rows.update))
+        rows.keep = keep
+    return pending, held_back
+
+
+async def _copy(conn: Connection, pending: list[_Rows]) -> None:
+    async with conn.cursor() as cur, cur.copy(_COPY) as copy:
+        copy.set_types(_COPY_TYPES)
+        for rows in pending:
+            inst = rows.update.instances
+            for row in zip(
+                rows.column(inst.sop_instance_uid),  # type: ignore[arg-type]
+                repeat(rows.series_id),
+                rows.column(inst.sop_class_uid),  # type: ignore[arg-type]
+                rows.column(inst.instance_number),  # type: ignore[arg-type]
+                rows.column(inst.transfer_syntax_uid),  # type: ignore[arg-type]
+                rows.column(inst.size_bytes),  # type: ignore[arg-type]
+                rows.column(inst.received_at),  # type: ignore[arg-type]
+                strict=False,
+            ):
+                await copy.write_row(row)
+
+
+async def _insert_racing(
+    conn: Connection, pending: list[_Rows]
+) -> tuple[list[_Rows], list[tuple[str, ValidUpdate]]]:
+    """Slow path: insert what nobody holds; return the inserted rows and the rest."""
+    columns: list[list[object]] = [[] for _ in range(7)]
+    for rows in pending:
+        inst = rows.update.instances
+        columns[0] += [rows.series_id] * rows.count()
+        columns[1] += rows.column(inst.sop_instance_uid)  # type: ignore[arg-type]
+        columns[2] += rows.column(inst.sop_class_uid)  # type: ignore[arg-type]
+        columns[3] += rows.column(inst.instance_number)  # type: ignore[arg-type]
+        columns[4] += rows.column(inst.transfer_syntax_uid)  # type: ignore[arg-type]
+        columns[5] += rows.column(inst.size_bytes)  # type: ignore[arg-type]
+        columns[6] += rows.column(inst.received_at)  # type: ignore[arg-type]
+    cur = await conn.execute(
+        """INSERT INTO instances (series_fk, sop_instance_uid, sop_class_uid, instance_number,
+                                  transfer_syntax_uid, size_bytes, received_at)
+           SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::text[],
+                                %b::bigint[], %b::timestamptz[])
+           ORDER BY 2
+           ON CONFLICT (sop_instance_uid) DO NOTHING
+           RETURNING sop_instance_uid""",
+        columns,
+    )
+    inserted_sops = {str(r[0]) for r in await cur.fetchall()}
+    inserted: list[_Rows] = []
+    lost: list[tuple[str, ValidUpdate]] = []
+    for rows in pending:
+        inst = rows.update.instances
+        keep = rows.keep or [True] * len(inst)
+        new_keep = []
+        for sop, tried in zip(inst.sop_instance_uid, keep, strict=True):
+            won = tried and sop in inserted_sops
+            new_keep.append(won)
+            if tried and not won:
+                lost.append((sop, rows.update))
+        inserted.append(_Rows(rows.update, rows.series_id, new_keep))
+    return inserted, lost
+
+
+async def _classify(
+    conn: Connection, not_inserted: list[tuple[str, ValidUpdate]], out: Outcome
+) -> None:
+    """A claim not inserted is a duplicate if its own series holds the UID, else a conflict
+    (the holder is committed by now: ON CONFLICT waited for it)."""
+    cur = await conn.execute(
+        """SELECT i.sop_instance_uid, s.series_instance_uid
+           FROM instances i JOIN series s ON s.id = i.series_fk
+           WHERE i.sop_instance_uid = ANY(%b::text[])""",
+        [[sop for sop, _ in not_inserted]],
+    )
+    holder = {str(r[0]): str(r[1]) for r in await cur.fetchall()}
+    for sop, update in not_inserted:
+        if holder.get(sop) == update.series_uid:
+            out.duplicate += 1
+        else:
+            out.claims.append(Claim(sop, holder.get(sop, ""), update))
+
+
+async def _fold(
+    conn: Connection,
+    updates: list[ValidUpdate],
+    series_ids: dict[str, int],
+    inserted: list[_Rows],
+    out: Outcome,
+) -> None:
+    """Add exactly the inserted rows to their series, studies and patients (under the
+    series row locks), and apply the completion rule; see store.ingest."""
+    added = {rows.series_id: rows for rows in inserted}
+    ids, reasons, counts, sizes, firsts, lasts = [], [], [], [], [], []
+    for u in updates:
+        series_id = series_ids[u.series_uid]
+        rows = added[series_id]
+        received = rows.column(u.instances.received_at)  # type: ignore[arg-type]
+        ids.append(series_id)
+        reasons.append(u.reason)
+        counts.append(len(received))
+        sizes.append(sum(rows.column(u.instances.size_bytes)))  # type: ignore[arg-type]
+        firsts.append(min(received) if received else None)  # type: ignore[type-var]
+        lasts.append(max(received) if received else None)  # type: ignore[type-var]
+    cur = await conn.execute(
+        """
+        WITH added AS (
+            SELECT * FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::bigint[],
+                                 %b::timestamptz[], %b::timestamptz[])
+                AS t(series_fk, reason, n, bytes, first_at, last_at)
+        ), upd AS (
+            UPDATE series s SET
+                num_instances = s.num_instances + a.n,
+                total_size_bytes = s.total_size_bytes + a.bytes,
+                first_received_at = LEAST(s.first_received_at, a.first_at),
+                last_received_at = GREATEST(s.last_received_at, a.last_at),
+                completion_reason = a.reason,
+                status = CASE
+                    WHEN a.reason IN ('IDLE', 'RELEASED') THEN 'COMPLETE'
+                    WHEN a.n > 0 THEN 'RECEIVING'
+                    ELSE s.status END,
+                completed_at = CASE
+                    WHEN a.reason IN ('IDLE', 'RELEASED') THEN
+                        CASE WHEN s.status = 'COMPLETE' AND a.n = 0
+                             THEN s.completed_at ELSE now() END
+                    WHEN a.n > 0 THEN NULL
+                    ELSE s.completed_at END
+            FROM added a
+            WHERE s.id = a.series_fk
+            RETURNING s.id, s.study_fk, s.num_instances, s.status, a.n, a.first_at, a.last_at
+        ), study_added AS (
+            SELECT study_fk, min(first_at) AS first_at, max(last_at) AS last_at
+            FROM upd WHERE n > 0 GROUP BY study_fk
+        ), upd_study AS (
+            UPDATE studies st SET
+                first_received_at = LEAST(st.first_received_at, sa.first_at),
+                last_received_at = GREATEST(st.last_received_at, sa.last_at)
+            FROM study_added sa WHERE st.id = sa.study_fk
+            RETURNING st.patient_fk, sa.last_at
+        ), upd_patient AS (
+            UPDATE patients p SET last_received_at = GREATEST(p.last_received_at, x.last_at)
+            FROM (SELECT patient_fk, max(last_at) AS last_at FROM upd_study
+                  GROUP BY patient_fk) AS x
+            WHERE p.id = x.patient_fk
+        )
+        SELECT id, num_instances, status FROM upd
+        """,
+        [ids, reasons, counts, sizes, firsts, lasts],
+    )
+    for row in await cur.fetchall():
+        out.states[int(row[0])] = SeriesState(int(row[1]), str(row[2]))  # type: ignore[call-overload]
