@@ -17,8 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,8 @@ from urllib.parse import urlsplit
 
 import grpc
 import yaml
-from conftest import free_port, require_tool
+from conftest import free_port
 from deploy_support import ROOT, by_kind, container_env, one, pod_spec, render
-from dicom_files import write_study
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seriesflow.v1 import series_store_pb2, series_store_pb2_grpc
@@ -179,6 +177,37 @@ def process_env(settings: dict[str, str]) -> dict[str, str]:
     return env
 
 
+# Runs the command in a private mount namespace whose root filesystem is read-only except
+# for the folders given before "--": the pod's readOnlyRootFilesystem with its volumes.
+_READ_ONLY_ROOT = (
+    'set -e; while [ "$1" != -- ]; do mount --bind "$1" "$1"; shift; done; shift; '
+    'mount -o remount,bind,ro /; exec "$@"'
+)
+
+
+def read_only_root(writable: list[Path]) -> list[str] | None:
+    """A command prefix giving a read-only root with `writable` folders; None if impossible.
+
+    Needs mount namespaces: root, or unprivileged user namespaces (then as mapped root).
+    """
+    for unshare in (
+        ["unshare", "--mount", "--propagation", "private"],
+        ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"],
+    ):
+        prefix = [*unshare, "sh", "-c", _READ_ONLY_ROOT, "sh", *map(str, writable), "--"]
+        try:
+            probe = subprocess.run(
+                [*prefix, "sh", "-c", "! touch /.seriesflow-read-only-probe 2>/dev/null"],
+                capture_output=True,
+                timeout=30,
+            )
+        except FileNotFoundError:
+            return None
+        if probe.returncode == 0:
+            return prefix
+    return None
+
+
 @dataclass
 class Service:
     name: str
@@ -189,12 +218,20 @@ class Service:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def start(name: str, args: tuple[str, ...], settings: dict[str, str], folder: Path) -> Service:
+def start(
+    name: str,
+    args: tuple[str, ...],
+    settings: dict[str, str],
+    folder: Path,
+    prefix: list[str] | None = None,
+) -> Service:
+    """Start `seriesflow ARGS`; with a prefix (read_only_root) the PID stays seriesflow's,
+    since unshare and sh exec into it."""
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"{name}.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            seriesflow_command(args),
+            [*(prefix or []), *seriesflow_command(args)],
             env=process_env(settings),
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -272,108 +309,3 @@ def http_json(url: str, data: bytes | None = None, auth: str | None = None) -> A
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     with urllib.request.urlopen(request, timeout=120) as answer:
         return json.loads(answer.read())
-
-
-@dataclass
-class Running:
-    source: Source
-    localizer: Localizer
-    store: Service
-    receiver: Service
-    settings: dict[str, dict[str, str]]
-
-    def local(self, container: str, setting: str) -> str:
-        return self.settings[container][setting]
-
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.local('store', 'SERIESFLOW_GRPC_PORT')}"
-
-    @property
-    def dicom_port(self) -> int:
-        return int(self.local("receiver", "SERIESFLOW_DICOM_PORT"))
-
-
-def run_migrate(settings: dict[str, str], args: tuple[str, ...], folder: Path) -> None:
-    result = subprocess.run(
-        seriesflow_command(args),
-        env=process_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=folder,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-@contextmanager
-def deployed(source: Source, database_url: str, folder: Path) -> Iterator[Running]:
-    """migrate, then store and receiver, each healthy, as their deployment file says."""
-    folder.mkdir(parents=True, exist_ok=True)
-    localizer = Localizer(source.hostnames, database_url, folder / "data")
-    settings = {name: localizer.env(c) for name, c in source.containers.items()}
-    migrate = source.containers["migrate"]
-    # Init containers run again on every pod start: the second run must be a no-op.
-    run_migrate(settings["migrate"], migrate.args, folder)
-    run_migrate(settings["migrate"], migrate.args, folder)
-    store = start("store", source.containers["store"].args, settings["store"], folder)
-    started = [store]
-    try:
-        address = f"127.0.0.1:{settings['store']['SERIESFLOW_GRPC_PORT']}"
-        wait_until(
-            "store SERVING",
-            lambda: grpc_health(address, "seriesflow.v1.SeriesStore") == SERVING,
-            started,
-        )
-        receiver = start(
-            "receiver", source.containers["receiver"].args, settings["receiver"], folder
-        )
-        started.append(receiver)
-        ready = (
-            f"http://127.0.0.1:{settings['receiver']['SERIESFLOW_RECEIVER_METRICS_PORT']}/readyz"
-        )
-        wait_until("receiver /readyz", lambda: http_status(ready) == 200, started)
-        yield Running(source, localizer, store, receiver, settings)
-    finally:
-        codes = {s.name: stop(s) for s in reversed(started)}
-    assert codes == {s.name: 0 for s in started}, "a clean SIGTERM shutdown exits 0"
-
-
-def echoscu(ae_title: str, port: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [require_tool("echoscu"), "-aec", ae_title, "127.0.0.1", str(port)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-def send_study(folder: Path, port: int, ae_title: str, sizes: list[int]) -> dict[str, int]:
-    written = write_study(folder, sizes)
-    sent = subprocess.run(
-        [
-            require_tool("storescu"),
-            "-aec",
-            ae_title,
-            "+sd",
-            "+r",
-            "127.0.0.1",
-            str(port),
-            str(folder),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )
-    assert sent.returncode == 0, sent.stderr
-    return {s.series_instance_uid: len(s.sop_instance_uids) for s in written}
-
-
-def wait_for_catalog(running: Running, expected: dict[str, int]) -> list[object]:
-    def arrived() -> bool:
-        found = {s.series_instance_uid: s.num_instances for s in list_series(running.grpc_address)}
-        return all(found.get(uid) == count for uid, count in expected.items())
-
-    wait_until("series in the catalog", arrived, [running.store, running.receiver], timeout=90)
-    return [s for s in list_series(running.grpc_address) if s.series_instance_uid in expected]

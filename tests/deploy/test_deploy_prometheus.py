@@ -22,15 +22,8 @@ from typing import Any
 import pytest
 import yaml
 from conftest import free_port, require_tool
-from deploy_runtime import (
-    chart_source,
-    deployed,
-    http_json,
-    http_status,
-    list_series,
-    send_study,
-    wait_for_catalog,
-)
+from deploy_runtime import chart_source, http_json, http_status, list_series
+from deploy_stack import deployed, send_study, wait_for_catalog
 from deploy_support import ROOT, metric_names
 
 pytestmark = pytest.mark.slow

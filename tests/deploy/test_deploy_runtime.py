@@ -22,20 +22,16 @@ from deploy_runtime import (
     Localizer,
     chart_source,
     compose_source,
-    deployed,
-    echoscu,
     grpc_health,
     http_json,
     http_status,
     process_env,
-    run_migrate,
-    send_study,
     seriesflow_command,
     start,
     stop,
-    wait_for_catalog,
     wait_until,
 )
+from deploy_stack import deployed, echoscu, run_migrate, send_study, wait_for_catalog
 from deploy_support import ROOT, by_kind, pod_spec
 from dicom_files import write_study
 
@@ -92,6 +88,17 @@ def test_chart_environment_runs_migrate_store_and_receiver_through_their_probes(
         series = wait_for_catalog(running, expected)
         # SERIESFLOW_RECEIVER_ID comes from the downward API: the pod's name.
         assert {s.receiver_id for s in series} == {POD_NAME}
+
+
+def test_chart_pods_work_on_a_read_only_root_filesystem(database_url: str, tmp_path: Path) -> None:
+    # readOnlyRootFilesystem: only the pod's volumes are writable - an emptyDir for /tmp
+    # (TMPDIR here) and, for the receiver, the spool volume. Migrate, serve, ingest.
+    with deployed(chart_source(), database_url, tmp_path, read_only=True) as running:
+        ae_title = running.local("receiver", "SERIESFLOW_AE_TITLE")
+        expected = send_study(tmp_path / "dicom", running.dicom_port, ae_title, [2, 2])
+        wait_for_catalog(running, expected)
+    spool = Path(running.local("receiver", "SERIESFLOW_DATA_DIR")) / "spool"
+    assert any(spool.iterdir()), "the receiver spooled into its volume"
 
 
 def test_compose_environment_runs_the_stack_and_its_healthchecks_pass(
