@@ -22,8 +22,9 @@ CHART = ROOT / "deploy" / "helm" / "seriesflow"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "sf"
 NAMESPACE = "imaging"
-# Kubernetes minor versions every rendered object is validated against (kubernetes-validate).
-KUBERNETES_VERSIONS = ("1.29.0", "1.31.0")
+# Kubernetes minor versions every rendered object is validated against (kubernetes-validate):
+# the chart's minimum (Chart.yaml kubeVersion) up to a recent one.
+KUBERNETES_VERSIONS = ("1.27.0", "1.29.0", "1.31.0", "1.33.0")
 # Kinds of the Prometheus operator: not in the Kubernetes schemas, checked by our own.
 CRD_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "Job", "Pod"})

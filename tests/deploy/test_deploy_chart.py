@@ -35,6 +35,7 @@ from deploy_support import (
     pod_labels,
     pod_spec,
     render,
+    run_helm_template,
 )
 
 from receiver.config import ReceiverConfig
@@ -309,3 +310,12 @@ def test_every_variable_compose_sets_is_a_setting_the_service_reads() -> None:
         given = {k for k in service["environment"] if k.startswith("SERIESFLOW_")}
         unknown = given - settings_read_by(service["command"])
         assert not unknown, f"compose {name} gets {unknown}, which it does not read"
+
+
+def test_chart_refuses_clusters_older_than_its_tested_minimum() -> None:
+    # Native gRPC probes are GA from 1.27: the oldest version the objects are validated for.
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    oldest = KUBERNETES_VERSIONS[0].rsplit(".", 1)[0]
+    assert chart["kubeVersion"] == f">={oldest}.0-0"
+    older = run_helm_template(kube_version="1.26.9")
+    assert older.returncode != 0 and "kubeVersion" in older.stderr
