@@ -61,12 +61,19 @@ class Source:
     raw: Any = None
 
 
-def chart_source() -> Source:
-    """The default chart values: bundled PostgreSQL, migrations in the store's init container."""
-    objects = render()
+def chart_source(values_files: tuple[Path, ...] = ()) -> Source:
+    """The chart's containers; by default bundled PostgreSQL and init-container migrations.
+
+    In migrations.mode=hook the migrate container is the pre-install hook Job's.
+    """
+    objects = render(values_files)
     store_pod = pod_spec(one(objects, "Deployment", "-store"))
     receiver_pod = pod_spec(one(objects, "StatefulSet", "-receiver"))
-    migrate = next(c for c in store_pod["initContainers"] if c["name"] == "migrate")
+    jobs = by_kind(objects, "Job")
+    if jobs:
+        (migrate,) = pod_spec(one(objects, "Job", "-migrate"))["containers"]
+    else:
+        migrate = next(c for c in store_pod["initContainers"] if c["name"] == "migrate")
     picked = {
         "migrate": migrate,
         "store": store_pod["containers"][0],

@@ -33,7 +33,7 @@ from deploy_runtime import (
     wait_until,
 )
 from deploy_stack import deployed, echoscu, run_migrate, send_study, wait_for_catalog
-from deploy_support import ROOT, by_kind, pod_spec
+from deploy_support import CHART, ROOT, by_kind, pod_spec
 from dicom_files import write_study
 
 pytestmark = pytest.mark.slow
@@ -105,6 +105,20 @@ def test_chart_pods_work_on_a_read_only_root_filesystem(database_url: str, tmp_p
         wait_for_catalog(running, expected)
     spool = Path(running.local("receiver", "SERIESFLOW_DATA_DIR")) / "spool"
     assert any(spool.iterdir()), "the receiver spooled into its volume"
+
+
+def test_hook_mode_job_migrates_the_database_its_stores_then_serve(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The pre-install hook Job has no ConfigMap (it runs before the release's objects
+    # exist): its inline environment alone must migrate what the stores then require.
+    source = chart_source((CHART / "ci" / "external-db-existing-secret-values.yaml",))
+    assert source.containers["migrate"].env.keys() == {
+        "SERIESFLOW_DATABASE_URL",
+        "SERIESFLOW_LOG_LEVEL",
+    }
+    with deployed(source, database_url, tmp_path) as running:
+        assert grpc_health(running.grpc_address, "seriesflow.v1.SeriesStore") == SERVING
 
 
 def test_compose_environment_runs_the_stack_and_its_healthchecks_pass(
