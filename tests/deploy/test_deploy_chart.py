@@ -145,6 +145,37 @@ def test_every_container_runs_non_root_read_only_without_privileges(
     assert checked >= 3
 
 
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_pods_meet_the_restricted_pod_security_standard(values: tuple[Path, ...]) -> None:
+    # What the "restricted" Pod Security Standard checks beyond the container contexts
+    # above, so the chart installs into namespaces that enforce it.
+    for workload in [o for o in render(values) if o["kind"] in WORKLOAD_KINDS]:
+        spec = pod_spec(workload)
+        name = f"{workload['kind']}/{workload['metadata']['name']}"
+        for host_field in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(host_field), f"{name}: {host_field}"
+        for volume in spec.get("volumes", []):
+            kinds = set(volume) - {"name"}
+            assert kinds <= RESTRICTED_VOLUME_TYPES, f"{name}: volume {volume}"
+        for container in containers(workload):
+            context = container.get("securityContext", {})
+            assert not context.get("privileged"), name
+            assert set(context.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}
+            assert all("hostPort" not in p for p in container.get("ports", [])), name
+
+
 def test_seriesflow_pods_run_as_the_images_numeric_user() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "USER 10001:10001" in dockerfile
