@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -127,6 +128,24 @@ def container_env(container: Manifest, objects: tuple[Manifest, ...]) -> dict[st
     for item in container.get("env", []):
         env[item["name"]] = str(item["value"]) if "value" in item else item["valueFrom"]
     return env
+
+
+def render_notes(values: tuple[Path, ...], tmp_path: Path) -> str:
+    """NOTES.txt as `helm install` would print it (helm template leaves notes out)."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "_notes_under_test.tpl").write_text(
+        '{{- define "notes-under-test" -}}\n' + notes + "\n{{- end }}\n"
+    )
+    (chart / "templates" / "notes-under-test.yaml").write_text(
+        'notes: {{ include "notes-under-test" . | toJson }}\n'
+    )
+    result = run_helm_template(
+        values, chart=chart, extra=("--show-only", "templates/notes-under-test.yaml")
+    )
+    assert result.returncode == 0, result.stderr
+    return str(yaml.safe_load(result.stdout)["notes"])
 
 
 # The metric names of the brief (docs and services use exactly these). Histograms expose

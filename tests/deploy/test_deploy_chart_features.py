@@ -23,6 +23,7 @@ from deploy_support import (
     pod_labels,
     pod_spec,
     render,
+    render_notes,
     run_helm_template,
 )
 
@@ -269,26 +270,6 @@ def test_helm_test_pod_echoes_the_receiver_and_checks_the_store_health() -> None
     assert f"--dicom-port={receiver_service['spec']['ports'][0]['port']}" in echo
     health = spec["containers"][0]["command"]
     assert health[-1] == f"{one(objects, 'Service', '-store')['metadata']['name']}:50051"
-
-
-def render_notes(values: tuple[Path, ...], tmp_path: Path) -> str:
-    """NOTES.txt as `helm install` would print it (helm template leaves notes out)."""
-    import shutil
-
-    chart = tmp_path / "chart"
-    shutil.copytree(CHART, chart)
-    notes = (chart / "templates" / "NOTES.txt").read_text()
-    (chart / "templates" / "_notes_under_test.tpl").write_text(
-        '{{- define "notes-under-test" -}}\n' + notes + "\n{{- end }}\n"
-    )
-    (chart / "templates" / "notes-under-test.yaml").write_text(
-        'notes: {{ include "notes-under-test" . | toJson }}\n'
-    )
-    result = run_helm_template(
-        values, chart=chart, extra=("--show-only", "templates/notes-under-test.yaml")
-    )
-    assert result.returncode == 0, result.stderr
-    return str(yaml.safe_load(result.stdout)["notes"])
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ commands, the compose healthcheck commands and Orthanc configured as in compose.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ from deploy_runtime import (
     wait_until,
 )
 from deploy_stack import deployed, echoscu, run_migrate, send_study, wait_for_catalog
-from deploy_support import CHART, ROOT, by_kind, pod_spec
+from deploy_support import CHART, ROOT, by_kind, pod_spec, render_notes
 from dicom_files import write_study
 
 pytestmark = pytest.mark.slow
@@ -84,6 +85,26 @@ def test_chart_environment_runs_migrate_store_and_receiver_through_their_probes(
             [sys.executable, *health_args], capture_output=True, text=True, timeout=60
         )
         assert health.returncode == 0 and "SERVING" in health.stdout, health.stderr
+
+        # The commands NOTES.txt prints after `helm install`, with the port-forwards'
+        # local ports pointing at the local processes instead.
+        notes = render_notes((), tmp_path / "notes")
+        commands = [
+            line.strip()
+            for line in notes.splitlines()
+            if line.strip().startswith(("grpcurl ", "echoscu "))
+        ]
+        assert len(commands) >= 4, notes
+        for command in commands:
+            words = shlex.split(
+                command.replace("localhost:50051", running.grpc_address).replace(
+                    "localhost 6667", f"127.0.0.1 {running.dicom_port}"
+                )
+            )
+            done = subprocess.run(
+                [require_tool(words[0]), *words[1:]], capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, f"{command}: {done.stderr}"
 
         expected = send_study(tmp_path / "dicom", running.dicom_port, ae_title, [3, 2])
         series = wait_for_catalog(running, expected)
