@@ -204,6 +204,14 @@ def _scrape(port: int) -> dict[str, float]:
     return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU (user + system) the store process has used so far."""
+    import psutil  # a dependency of pgserver
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def _quantile(values: list[float], q: float) -> float:
     if len(values) < 2:
         return values[0] if values else 0.0
@@ -267,6 +275,7 @@ def main() -> int:
             stream(store.address, [update], unloaded)
 
         server = _scrape(store.metrics_port)
+        server["cpu_seconds"] = _cpu_seconds(store.proc.pid)
         with psycopg.connect(url) as conn:
             stored = conn.execute(
                 "SELECT count(*) FROM instances i JOIN series s ON s.id = i.series_fk "
@@ -297,6 +306,7 @@ def main() -> int:
         "ratio": round(stream_rate / copy_rate, 3),
         "store_transactions": int(server.get("transactions", 0)),
         "store_seconds_in_transactions": round(server.get("transaction_seconds", 0.0), 3),
+        "store_cpu_seconds": round(server.get("cpu_seconds", 0.0), 2),
         "target_ratio": 0.5,
         "ack_latency_loaded_p50_ms": round(_quantile(latencies, 0.50) * 1000, 2),
         "ack_latency_loaded_p99_ms": round(_quantile(latencies, 0.99) * 1000, 2),

@@ -60,6 +60,11 @@ class StoreConfig:
         settings.positive_int,
         "most instances merged in one transaction (a bigger single update still goes alone)",
     )
+    stream_max_inflight: int = setting(
+        "2",
+        settings.positive_int,
+        "transactions one stream may have in flight (each on its own pooled connection)",
+    )
     max_instances_per_update: int = setting(
         "100000", settings.positive_int, "an update with more instances is rejected as INVALID"
     )

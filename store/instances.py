@@ -14,8 +14,9 @@ under any interleaving; the fast one is only taken when it provably inserted eve
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
-from itertools import compress, repeat
+from itertools import compress
 
 import psycopg.errors
 
@@ -26,7 +27,11 @@ _COPY = (
     "COPY instances (sop_instance_uid, series_fk, sop_class_uid, instance_number,"
     " transfer_syntax_uid, size_bytes, received_at) FROM STDIN (FORMAT BINARY)"
 )
-_COPY_TYPES = ["text", "int8", "text", "int4", "text", "int8", "timestamptz"]
+# PostgreSQL's binary COPY format (see the COPY docs, "Binary Format"): a signature, flags
+# and header-extension length, then per row a field count and (length, bytes) per field.
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_TRAILER = struct.pack(">h", -1)
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, the zero of PostgreSQL timestamps
 
 
 @dataclass
@@ -111,20 +116,77 @@ def _in_round(
 
 async def _copy(conn: Connection, pending: list[_Rows]) -> None:
     async with conn.cursor() as cur, cur.copy(_COPY) as copy:
-        copy.set_types(_COPY_TYPES)
-        for rows in pending:
-            inst = rows.update.instances
-            for row in zip(
-                rows.column(inst.sop_instance_uid),  # type: ignore[arg-type]
-                repeat(rows.series_id),
-                rows.column(inst.sop_class_uid),  # type: ignore[arg-type]
-                rows.column(inst.instance_number),  # type: ignore[arg-type]
-                rows.column(inst.transfer_syntax_uid),  # type: ignore[arg-type]
-                rows.column(inst.size_bytes),  # type: ignore[arg-type]
-                rows.column(inst.received_at),  # type: ignore[arg-type]
-                strict=False,
-            ):
-                await copy.write_row(row)
+        await copy.write(_binary_rows(pending))
+
+
+def _binary_rows(pending: list[_Rows]) -> bytes:
+    """The rows as one binary COPY payload, packed with struct (no per-value adapters)."""
+    parts = [_SIGNATURE]
+    structs: dict[tuple[int, int, int, bool], struct.Struct] = {}
+    encoded: dict[str, bytes] = {}  # SOP class and transfer syntax UIDs repeat
+    for rows in pending:
+        inst = rows.update.instances
+        fk = rows.series_id
+        for sop, cls, number, syntax, size, us in zip(
+            rows.column(inst.sop_instance_uid),  # type: ignore[arg-type]
+            rows.column(inst.sop_class_uid),  # type: ignore[arg-type]
+            rows.column(inst.instance_number),  # type: ignore[arg-type]
+            rows.column(inst.transfer_syntax_uid),  # type: ignore[arg-type]
+            rows.column(inst.size_bytes),  # type: ignore[arg-type]
+            rows.column(inst.received_us),  # type: ignore[arg-type]
+            strict=True,
+        ):
+            sop_b = sop.encode()
+            cls_b = encoded.get(cls) or encoded.setdefault(cls, cls.encode())
+            syn_b = encoded.get(syntax) or encoded.setdefault(syntax, syntax.encode())
+            key = (len(sop_b), len(cls_b), len(syn_b), number is None)
+            packer = structs.get(key) or structs.setdefault(key, _row_struct(*key))
+            if number is None:
+                parts.append(
+                    packer.pack(
+                        7,
+                        key[0],
+                        sop_b,
+                        8,
+                        fk,
+                        key[1],
+                        cls_b,
+                        -1,
+                        key[2],
+                        syn_b,
+                        8,
+                        size,
+                        8,
+                        us - _PG_EPOCH_US,
+                    )
+                )
+            else:
+                parts.append(
+                    packer.pack(
+                        7,
+                        key[0],
+                        sop_b,
+                        8,
+                        fk,
+                        key[1],
+                        cls_b,
+                        4,
+                        number,
+                        key[2],
+                        syn_b,
+                        8,
+                        size,
+                        8,
+                        us - _PG_EPOCH_US,
+                    )
+                )
+    parts.append(_TRAILER)
+    return b"".join(parts)
+
+
+def _row_struct(sop: int, cls: int, syntax: int, no_number: bool) -> struct.Struct:
+    number = "i" if no_number else "ii"  # NULL is length -1 with no bytes
+    return struct.Struct(f">hi{sop}siqi{cls}s{number}i{syntax}siqiq")
 
 
 async def _insert_racing(
@@ -140,13 +202,15 @@ async def _insert_racing(
         columns[3] += rows.column(inst.instance_number)  # type: ignore[arg-type]
         columns[4] += rows.column(inst.transfer_syntax_uid)  # type: ignore[arg-type]
         columns[5] += rows.column(inst.size_bytes)  # type: ignore[arg-type]
-        columns[6] += rows.column(inst.received_at)  # type: ignore[arg-type]
+        columns[6] += rows.column(inst.received_us)  # type: ignore[arg-type]
     cur = await conn.execute(
         """INSERT INTO instances (series_fk, sop_instance_uid, sop_class_uid, instance_number,
                                   transfer_syntax_uid, size_bytes, received_at)
-           SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::text[],
-                                %b::bigint[], %b::timestamptz[])
-           ORDER BY 2
+           SELECT fk, sop, cls, num, ts, size,
+                  timestamptz 'epoch' + us * interval '1 microsecond'
+           FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::text[],
+                       %b::bigint[], %b::bigint[]) AS t(fk, sop, cls, num, ts, size, us)
+           ORDER BY sop
            ON CONFLICT (sop_instance_uid) DO NOTHING
            RETURNING sop_instance_uid""",
         columns,
@@ -200,7 +264,7 @@ async def _fold(
     for u in updates:
         series_id = series_ids[u.series_uid]
         rows = added[series_id]
-        received = rows.column(u.instances.received_at)  # type: ignore[arg-type]
+        received = rows.column(u.instances.received_us)  # type: ignore[arg-type]
         ids.append(series_id)
         reasons.append(u.reason)
         counts.append(len(received))
@@ -210,9 +274,11 @@ async def _fold(
     cur = await conn.execute(
         """
         WITH added AS (
-            SELECT * FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::bigint[],
-                                 %b::timestamptz[], %b::timestamptz[])
-                AS t(series_fk, reason, n, bytes, first_at, last_at)
+            SELECT series_fk, reason, n, bytes,
+                   timestamptz 'epoch' + first_us * interval '1 microsecond' AS first_at,
+                   timestamptz 'epoch' + last_us * interval '1 microsecond' AS last_at
+            FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
+                        %b::bigint[]) AS t(series_fk, reason, n, bytes, first_us, last_us)
         ), upd AS (
             UPDATE series s SET
                 num_instances = s.num_instances + a.n,

@@ -123,7 +123,10 @@ async def start(config: StoreConfig, url: str) -> RunningStore:
     )
     draining = asyncio.Event()
     limits = Limits(
-        config.batch_max_updates, config.batch_max_instances, config.max_instances_per_update
+        config.batch_max_updates,
+        config.batch_max_instances,
+        config.max_instances_per_update,
+        config.stream_max_inflight,
     )
     server.add_generic_rpc_handlers(
         (generic_handler(SeriesStoreServicer(db, metrics, limits, draining)),)

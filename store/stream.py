@@ -1,10 +1,15 @@
 """One StoreSeries stream: read updates, group-commit them, ack each after its commit.
 
 A reader task validates updates as they arrive and queues them (a bounded queue: when the
-database is slower than the sender, gRPC flow control pushes back). The writer takes
-everything waiting, up to the batch limits, merges it in ONE transaction and then sends one
-ack per update. Invalid updates are acked (ok=false, INVALID) on their own and cost nothing
-else. If PostgreSQL is unavailable the stream ends with UNAVAILABLE and unacked updates stay
+database is slower than the sender, gRPC flow control pushes back). A dispatcher takes
+everything waiting, up to the batch limits, and merges it in ONE transaction; up to
+`max_inflight` such transactions run at once on separate pooled connections, so one
+batch's commit (fsync) overlaps the next batch's work. A batch that shares a series with
+an earlier in-flight batch waits for it: updates of a series commit in stream order.
+Each update gets one ack, sent after its transaction committed; invalid updates are acked
+(ok=false, INVALID) on their own and cost nothing else.
+
+If PostgreSQL is unavailable the stream ends with UNAVAILABLE and unacked updates stay
 unacked: the receiver reconnects and re-sends them, which the idempotent merge makes safe.
 """
 
@@ -22,18 +27,16 @@ import grpc
 from seriesflow.v1 import series_store_pb2 as pb
 from store import ingest
 from store.database import Database
-from store.errors import (
-    DatabaseUnavailable,
-    RejectedData,
-    SchemaNotAtHead,
-    StoreError,
-)
+from store.errors import DatabaseUnavailable, RejectedData, SchemaNotAtHead, StoreError
 from store.metrics import StoreMetrics
 from store.validation import InvalidUpdate, UndecodableUpdate, ValidUpdate, validate
 
 _log = logging.getLogger(__name__)
 
 STATUS = {"RECEIVING": pb.SERIES_STATUS_RECEIVING, "COMPLETE": pb.SERIES_STATUS_COMPLETE}
+SHUTTING_DOWN = (
+    "the store is shutting down; reconnect (to another replica) and re-send unacknowledged updates"
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Limits:
     batch_max_updates: int
     batch_max_instances: int
     max_instances_per_update: int
+    max_inflight: int = 2
 
 
 @dataclass
@@ -51,6 +55,12 @@ class _Rejected:
     received_at: float
 
 
+@dataclass
+class _Abort:
+    code: grpc.StatusCode
+    message: str
+
+
 _END = object()
 
 
@@ -58,46 +68,35 @@ class StreamSession:
     """Serves one StoreSeries call; `run` is the handler's async generator of acks."""
 
     def __init__(
-        self,
-        db: Database,
-        metrics: StoreMetrics,
-        limits: Limits,
-        draining: asyncio.Event,
+        self, db: Database, metrics: StoreMetrics, limits: Limits, draining: asyncio.Event
     ) -> None:
         self._db = db
         self._metrics = metrics
         self._limits = limits
         self._draining = draining
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * limits.batch_max_updates)
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * limits.batch_max_updates)
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(limits.max_inflight)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._series_tail: dict[str, asyncio.Task[None]] = {}
 
     async def run(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SeriesAck]:
         self._metrics.active_streams.inc()
         reader = asyncio.create_task(self._read(requests))
+        dispatcher = asyncio.create_task(self._dispatch(reader))
         try:
-            while True:
-                items, ended = await self._take_batch()
-                valid: list[ValidUpdate] = []
-                for item in items:
-                    if isinstance(item, _Rejected):
-                        yield self._reject(item)
-                    else:
-                        valid.append(item)
-                if valid:
-                    async for ack in self._commit(valid, context):
-                        yield ack
-                if ended:
-                    if self._draining.is_set() and not reader.done():
-                        await context.abort(
-                            grpc.StatusCode.UNAVAILABLE,
-                            "the store is shutting down; reconnect (to another replica) and "
-                            "re-send unacknowledged updates",
-                        )
-                    return
+            while (item := await self._outbox.get()) is not _END:
+                if isinstance(item, _Abort):
+                    await context.abort(item.code, item.message)
+                yield item
         finally:
-            reader.cancel()
+            for task in (reader, dispatcher, *self._inflight):
+                task.cancel()
             self._metrics.active_streams.dec()
+
+    # -- reading -------------------------------------------------------------------------
 
     async def _read(self, requests: AsyncIterator[Any]) -> None:
         try:
@@ -114,47 +113,117 @@ class StreamSession:
                         )
                     except InvalidUpdate as exc:
                         item = _Rejected(message.update_id, exc.field, exc.message, now)
-                await self._queue.put(item)
+                await self._inbox.put(item)
         finally:
-            await self._queue.put(_END)
+            await self._inbox.put(_END)
 
     async def _take_batch(self) -> tuple[list[Any], bool]:
         """Everything waiting, up to the limits; True when the stream has ended (or the
-        store is draining, in which case only what was already read is taken)."""
-        get = asyncio.ensure_future(self._queue.get())
+        store is draining and nothing already read is left)."""
+        get = asyncio.ensure_future(self._inbox.get())
         drain = asyncio.ensure_future(self._draining.wait())
         await asyncio.wait({get, drain}, return_when=asyncio.FIRST_COMPLETED)
         drain.cancel()
         if not get.done():
             get.cancel()
-            return self._drain_all(), True
-        items: list[Any] = []
-        instances = 0
+            items = []
+            while not self._inbox.empty():
+                if (nxt := self._inbox.get_nowait()) is not _END:
+                    items.append(nxt)
+            return items, True
         first = get.result()
         if first is _END:
-            return items, True
-        items.append(first)
-        instances += _size(first)
+            return [], True
+        items, instances = [first], _size(first)
         while (
             len(items) < self._limits.batch_max_updates
             and instances < self._limits.batch_max_instances
-            and not self._queue.empty()
+            and not self._inbox.empty()
         ):
-            nxt = self._queue.get_nowait()
+            nxt = self._inbox.get_nowait()
             if nxt is _END:
                 return items, True
             items.append(nxt)
             instances += _size(nxt)
         # Draining: answer what was already read, batch by batch, then end the stream.
-        return items, self._draining.is_set() and self._queue.empty()
+        return items, self._draining.is_set() and self._inbox.empty()
 
-    def _drain_all(self) -> list[Any]:
-        items = []
-        while not self._queue.empty():
-            nxt = self._queue.get_nowait()
-            if nxt is not _END:
-                items.append(nxt)
-        return items
+    # -- committing ----------------------------------------------------------------------
+
+    async def _dispatch(self, reader: asyncio.Task[None]) -> None:
+        ended = False
+        while not ended:
+            items, ended = await self._take_batch()
+            valid = []
+            for item in items:
+                if isinstance(item, _Rejected):
+                    self._outbox.put_nowait(self._reject(item))
+                else:
+                    valid.append(item)
+            if valid:
+                await self._slots.acquire()
+                self._start(valid)
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._draining.is_set() and not reader.done():
+            self._outbox.put_nowait(_Abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN))
+        self._outbox.put_nowait(_END)
+
+    def _start(self, updates: list[ValidUpdate]) -> None:
+        before = {t for u in updates if (t := self._series_tail.get(u.series_uid)) is not None}
+        task = asyncio.create_task(self._commit(updates, before))
+        self._inflight.add(task)
+        for u in updates:
+            self._series_tail[u.series_uid] = task
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._inflight.discard(done)
+            self._slots.release()
+            for u in updates:
+                if self._series_tail.get(u.series_uid) is done:
+                    del self._series_tail[u.series_uid]
+
+        task.add_done_callback(finished)
+
+    async def _commit(self, updates: list[ValidUpdate], before: set[asyncio.Task[None]]) -> None:
+        if before:  # an earlier batch holds one of these series: keep stream order
+            await asyncio.gather(*before, return_exceptions=True)
+        try:
+            result = await self._transaction(updates)
+        except RejectedData:
+            # One update PostgreSQL refuses must not sink its batch: retry each alone.
+            for update in updates:
+                await self._commit_alone(update)
+            return
+        except StoreError as exc:
+            self._fail(exc, len(updates))
+            return
+        for ack in self._acks(updates, result):
+            self._outbox.put_nowait(ack)
+
+    async def _commit_alone(self, update: ValidUpdate) -> None:
+        try:
+            result = await self._transaction([update])
+        except RejectedData as exc:
+            self._outbox.put_nowait(
+                self._reject(_Rejected(update.update_id, "", str(exc), update.received_at))
+            )
+            return
+        except StoreError as exc:
+            self._fail(exc, 1)
+            return
+        for ack in self._acks([update], result):
+            self._outbox.put_nowait(ack)
+
+    async def _transaction(self, updates: list[ValidUpdate]) -> ingest.BatchResult:
+        if not self._db.up:
+            raise DatabaseUnavailable("PostgreSQL is unavailable (health probe failing)")
+        start = time.perf_counter()
+        result = await self._db.run(lambda conn: ingest.merge(conn, updates))
+        self._metrics.transaction_seconds.observe(time.perf_counter() - start)
+        return result
+
+    # -- answering -----------------------------------------------------------------------
 
     def _reject(self, item: _Rejected) -> pb.SeriesAck:
         self._metrics.updates.labels(result="invalid").inc()
@@ -165,47 +234,6 @@ class StreamSession:
             ok=False,
             error=pb.AckError(kind=pb.AckError.KIND_INVALID, field=item.field, message=message),
         )
-
-    async def _commit(
-        self, updates: list[ValidUpdate], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.SeriesAck]:
-        try:
-            result = await self._transaction(updates)
-        except RejectedData:
-            if len(updates) == 1:
-                raise
-            # One update PostgreSQL refuses must not sink its batch: retry each alone.
-            for update in updates:
-                async for ack in self._commit_alone(update, context):
-                    yield ack
-            return
-        except StoreError as exc:
-            await self._fail_stream(exc, len(updates), context)
-            return
-        for ack in self._acks(updates, result):
-            yield ack
-
-    async def _commit_alone(
-        self, update: ValidUpdate, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.SeriesAck]:
-        try:
-            result = await self._transaction([update])
-        except RejectedData as exc:
-            yield self._reject(_Rejected(update.update_id, "", str(exc), update.received_at))
-            return
-        except StoreError as exc:
-            await self._fail_stream(exc, 1, context)
-            return
-        for ack in self._acks([update], result):
-            yield ack
-
-    async def _transaction(self, updates: list[ValidUpdate]) -> ingest.BatchResult:
-        if not self._db.up:
-            raise DatabaseUnavailable("PostgreSQL is unavailable (health probe failing)")
-        start = time.perf_counter()
-        result = await self._db.run(lambda conn: ingest.merge(conn, updates))
-        self._metrics.transaction_seconds.observe(time.perf_counter() - start)
-        return result
 
     def _acks(self, updates: list[ValidUpdate], result: ingest.BatchResult) -> list[pb.SeriesAck]:
         m = self._metrics
@@ -232,23 +260,27 @@ class StreamSession:
             )
         return acks
 
-    async def _fail_stream(
-        self, exc: StoreError, pending: int, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
+    def _fail(self, exc: StoreError, pending: int) -> None:
+        """End the stream; its unacked updates will be re-sent by the receiver."""
         self._metrics.updates.labels(result="unavailable").inc(pending)
         if isinstance(exc, DatabaseUnavailable):
             _log.warning(
                 "stream ended: database unavailable", extra={"fields": {"error": str(exc)}}
             )
-            await context.abort(
+            abort = _Abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"{exc}; reconnect and re-send unacknowledged updates",
             )
-        if isinstance(exc, SchemaNotAtHead):
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        _log.error("stream ended: database error", extra={"fields": {"error": str(exc)}})
-        await context.abort(grpc.StatusCode.INTERNAL, f"store database error: {exc}")
+        elif isinstance(exc, SchemaNotAtHead):
+            abort = _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        else:
+            _log.error("stream ended: database error", extra={"fields": {"error": str(exc)}})
+            abort = _Abort(grpc.StatusCode.INTERNAL, f"store database error: {exc}")
+        self._outbox.put_nowait(abort)
 
 
 def _size(item: Any) -> int:
     return len(item.instances) if isinstance(item, ValidUpdate) else 0
+
+
+__all__ = ["Limits", "StreamSession"]
