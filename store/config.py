@@ -53,7 +53,7 @@ class StoreConfig:
         "seconds in-flight RPCs get to finish after SIGTERM before they are cancelled",
     )
     batch_max_updates: int = setting(
-        "64", settings.positive_int, "most updates of one stream merged in one transaction"
+        "128", settings.positive_int, "most updates of one stream merged in one transaction"
     )
     batch_max_instances: int = setting(
         "20000",

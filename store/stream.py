@@ -75,6 +75,11 @@ class StreamSession:
         self._limits = limits
         self._draining = draining
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * limits.batch_max_updates)
+        # Also bound what is buffered by instances, not only by updates: a few huge updates
+        # must not pile up in memory while the database is slow.
+        self._queued_instances = 0
+        self._room = asyncio.Event()
+        self._room.set()
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._slots = asyncio.Semaphore(limits.max_inflight)
         self._inflight: set[asyncio.Task[None]] = set()
@@ -113,6 +118,10 @@ class StreamSession:
                         )
                     except InvalidUpdate as exc:
                         item = _Rejected(message.update_id, exc.field, exc.message, now)
+                while self._queued_instances >= 2 * self._limits.batch_max_instances:
+                    self._room.clear()
+                    await self._room.wait()
+                self._queued_instances += _size(item)
                 await self._inbox.put(item)
         finally:
             await self._inbox.put(_END)
@@ -135,6 +144,7 @@ class StreamSession:
         if first is _END:
             return [], True
         items, instances = [first], _size(first)
+        ended = False
         while (
             len(items) < self._limits.batch_max_updates
             and instances < self._limits.batch_max_instances
@@ -142,11 +152,14 @@ class StreamSession:
         ):
             nxt = self._inbox.get_nowait()
             if nxt is _END:
-                return items, True
+                ended = True
+                break
             items.append(nxt)
             instances += _size(nxt)
+        self._queued_instances -= instances
+        self._room.set()
         # Draining: answer what was already read, batch by batch, then end the stream.
-        return items, self._draining.is_set() and self._inbox.empty()
+        return items, ended or (self._draining.is_set() and self._inbox.empty())
 
     # -- committing ----------------------------------------------------------------------
 

@@ -197,7 +197,12 @@ def _header(value: str) -> str | None:
         raise InvalidUpdate(name, "must be a JSON object (a DICOM JSON dataset)")
     if _holds_nul(parsed):
         raise InvalidUpdate(name, "contains a NUL character (\\u0000), which jsonb refuses")
-    canonical = json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
+    try:
+        canonical = json.dumps(parsed, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise InvalidUpdate(
+            name, "holds a number JSON cannot represent (NaN or Infinity)"
+        ) from None
     try:
         canonical.encode("utf-8")
     except UnicodeEncodeError:

@@ -116,3 +116,41 @@ def test_bad_update_does_not_end_a_stream_of_many(running_store: StoreThread) ->
     assert sum(1 for a in acks if not a.ok) == len([i for i in range(60) if i % 7 == 3])
     with pytest.raises(grpc.RpcError):  # sanity: the helper really raises on call errors
         send(running_store.channel(), [None])  # type: ignore[list-item]
+
+
+def test_update_postgresql_refuses_is_rejected_alone_in_its_batch(
+    running_store: StoreThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth: if validation ever lets through something PostgreSQL refuses, the
+    batch is retried update by update and only the culprit is rejected."""
+    import store.stream
+    from store.validation import validate as real_validate
+
+    def lax_validate(update: pb.SeriesUpdate, **kwargs: object) -> object:
+        name = update.patient.patient_name
+        update.patient.patient_name = name.replace("\x00", "")
+        valid = real_validate(update, **kwargs)  # type: ignore[arg-type]
+        valid.patient["patient_name"] = name  # smuggle the NUL past validation
+        return valid
+
+    monkeypatch.setattr(store.stream, "validate", lax_validate)
+    updates = []
+    for i in range(20):
+        s = uid()
+        u = make_update(s, [f"{s}.1"], update_id=f"u{i}", patient_id=f"P{i}")
+        if i == 7:
+            u.patient.patient_name = "Nul\x00Name"
+        updates.append(u)
+    acks = {a.update_id: a for a in send(running_store.channel(), updates)}
+    assert len(acks) == 20
+    assert not acks["u7"].ok and acks["u7"].error.kind == pb.AckError.KIND_INVALID
+    assert all(acks[f"u{i}"].ok for i in range(20) if i != 7)
+    url = running_store.store.db.url
+    assert rows(url, "SELECT count(*) FROM series") == [(19,)]
+
+
+def test_header_with_non_finite_number_is_rejected(running_store: StoreThread) -> None:
+    s = uid()
+    update = make_update(s, [f"{s}.1"], header='{"00280030": {"vr": "DS", "Value": [1e400]}}')
+    [ack] = send(running_store.channel(), [update])
+    assert not ack.ok and ack.error.field == "representative_header_json"
