@@ -27,7 +27,13 @@ import grpc
 from seriesflow.v1 import series_store_pb2 as pb
 from store import ingest
 from store.database import Database
-from store.errors import DatabaseUnavailable, RejectedData, SchemaNotAtHead, StoreError
+from store.errors import (
+    DatabaseUnavailable,
+    RejectedData,
+    RetryableConflict,
+    SchemaNotAtHead,
+    StoreError,
+)
 from store.metrics import StoreMetrics
 from store.validation import InvalidUpdate, UndecodableUpdate, ValidUpdate, validate
 
@@ -211,6 +217,11 @@ class StreamSession:
         except StoreError as exc:
             self._fail(exc, len(updates))
             return
+        except Exception:
+            # A bug: end the stream visibly (INTERNAL) rather than leave updates unacked.
+            _log.exception("batch failed unexpectedly")
+            self._outbox.put_nowait(_Abort(grpc.StatusCode.INTERNAL, "store internal error"))
+            return
         for ack in self._acks(updates, result):
             self._outbox.put_nowait(ack)
 
@@ -276,7 +287,7 @@ class StreamSession:
     def _fail(self, exc: StoreError, pending: int) -> None:
         """End the stream; its unacked updates will be re-sent by the receiver."""
         self._metrics.updates.labels(result="unavailable").inc(pending)
-        if isinstance(exc, DatabaseUnavailable):
+        if isinstance(exc, DatabaseUnavailable | RetryableConflict):
             _log.warning(
                 "stream ended: database unavailable", extra={"fields": {"error": str(exc)}}
             )

@@ -8,6 +8,7 @@ TCP on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -155,6 +156,36 @@ def running_store(migrated_url: str) -> Iterator[StoreThread]:
         yield store
     finally:
         store.stop()
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new database migrated to head on the test server, dropped afterwards."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(server_url)
+    params["dbname"] = name
+    url = make_conninfo(**params)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def shared_store(postgres_server_url: str) -> Iterator[StoreThread]:
+    """One store and database for a module's read-only tests (they must not write)."""
+    with fresh_database(postgres_server_url) as url:
+        store = StoreThread(store_config(url), url)
+        try:
+            yield store
+        finally:
+            store.stop()
 
 
 class StoreProcess:

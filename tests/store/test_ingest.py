@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import threading
 
-import psycopg
-
 from seriesflow.v1 import series_store_pb2 as pb
-from store import migrate
 
-from .conftest import StoreThread, catalog_snapshot, make_update, rows, send, store_config, uid
+from .conftest import (
+    StoreThread,
+    catalog_snapshot,
+    fresh_database,
+    make_update,
+    rows,
+    send,
+    store_config,
+    uid,
+)
 
 
 def test_update_is_acked_ok_with_series_count_and_status(running_store: StoreThread) -> None:
@@ -68,8 +74,7 @@ def test_reordered_updates_converge_to_the_same_rows(
         make_update(series, p, study_uid=study, reason=pb.COMPLETION_REASON_MAX_AGE) for p in parts
     ]
     # A second database, same server: apply the same updates in reverse order there.
-    other = _fresh_database(postgres_server_url)
-    try:
+    with fresh_database(postgres_server_url) as other:
         for url, order in ((migrated_url, updates), (other, updates[::-1])):
             store = StoreThread(store_config(url), url)
             try:
@@ -79,8 +84,6 @@ def test_reordered_updates_converge_to_the_same_rows(
                 store.stop()
         assert catalog_snapshot(migrated_url) == catalog_snapshot(other)
         assert rows(other, "SELECT num_instances FROM series") == [(79,)]
-    finally:
-        _drop_database(postgres_server_url, other)
 
 
 def test_series_split_over_concurrent_streams_counts_each_instance_once(
@@ -207,26 +210,3 @@ def test_invalid_dates_are_stored_null_with_raw_text(running_store: StoreThread)
     assert d is None and raw == "20241341"
     [(sd,)] = rows(url, "SELECT study_date::text FROM studies")
     assert sd == "2024-02-29"
-
-
-def _fresh_database(server_url: str) -> str:
-    import uuid
-
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(server_url)
-    params["dbname"] = name
-    url = make_conninfo(**params)
-    migrate.upgrade(url)
-    return url
-
-
-def _drop_database(server_url: str, url: str) -> None:
-    from psycopg.conninfo import conninfo_to_dict
-
-    name = conninfo_to_dict(url)["dbname"]
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

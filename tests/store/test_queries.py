@@ -24,8 +24,8 @@ def _code(call: object) -> tuple[grpc.StatusCode, str]:
     return info.value.code(), info.value.details()
 
 
-@pytest.fixture
-def catalog(running_store: StoreThread) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def catalog(shared_store: StoreThread) -> dict[str, str]:
     """Two patients, three studies, five series with varied attributes."""
     ids = {k: uid() for k in ("st1", "st2", "st3", "ct1", "ct2", "mr1", "mr2", "us1")}
     plan = [
@@ -35,7 +35,7 @@ def catalog(running_store: StoreThread) -> dict[str, str]:
         ("mr2", "st3", "P2", "MR", "20240320", pb.COMPLETION_REASON_IDLE, 1_700_000_300),
         ("us1", "st3", "P2", "US", "20240320", pb.COMPLETION_REASON_RELEASED, 1_700_000_400),
     ]
-    ch = running_store.channel()
+    ch = shared_store.channel()
     for key, study, patient, modality, date, reason, received in plan:
         s = ids[key]
         update = make_update(
@@ -66,9 +66,9 @@ def catalog(running_store: StoreThread) -> dict[str, str]:
 
 
 def test_list_series_is_newest_first_with_all_fields(
-    running_store: StoreThread, catalog: dict[str, str]
+    shared_store: StoreThread, catalog: dict[str, str]
 ) -> None:
-    reply = _stub(running_store).ListSeries(pb.ListSeriesRequest())
+    reply = _stub(shared_store).ListSeries(pb.ListSeriesRequest())
     assert [s.series_instance_uid for s in reply.series] == [
         catalog[k] for k in ("us1", "mr2", "mr1", "ct2", "ct1")
     ]
@@ -97,14 +97,14 @@ def test_list_series_is_newest_first_with_all_fields(
     ],
 )
 def test_list_series_filters(
-    running_store: StoreThread, catalog: dict[str, str], request_fields: dict, expected: list
+    shared_store: StoreThread, catalog: dict[str, str], request_fields: dict, expected: list
 ) -> None:
-    reply = _stub(running_store).ListSeries(pb.ListSeriesRequest(**request_fields))
+    reply = _stub(shared_store).ListSeries(pb.ListSeriesRequest(**request_fields))
     assert [s.series_instance_uid for s in reply.series] == [catalog[k] for k in expected]
 
 
-def test_list_series_by_study(running_store: StoreThread, catalog: dict[str, str]) -> None:
-    reply = _stub(running_store).ListSeries(pb.ListSeriesRequest(study_instance_uid=catalog["st3"]))
+def test_list_series_by_study(shared_store: StoreThread, catalog: dict[str, str]) -> None:
+    reply = _stub(shared_store).ListSeries(pb.ListSeriesRequest(study_instance_uid=catalog["st3"]))
     assert [s.series_instance_uid for s in reply.series] == [catalog["us1"], catalog["mr2"]]
 
 
@@ -120,17 +120,17 @@ def test_list_series_by_study(running_store: StoreThread, catalog: dict[str, str
     ],
 )
 def test_bad_list_requests_are_invalid_argument_naming_the_field(
-    running_store: StoreThread, request_: pb.ListSeriesRequest, field: str
+    shared_store: StoreThread, request_: pb.ListSeriesRequest, field: str
 ) -> None:
-    code, details = _code(lambda: _stub(running_store).ListSeries(request_))
+    code, details = _code(lambda: _stub(shared_store).ListSeries(request_))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith(field)
 
 
 def test_page_token_is_bound_to_its_filters(
-    running_store: StoreThread, catalog: dict[str, str]
+    shared_store: StoreThread, catalog: dict[str, str]
 ) -> None:
-    stub = _stub(running_store)
+    stub = _stub(shared_store)
     first = stub.ListSeries(pb.ListSeriesRequest(patient_id="P1", page_size=1))
     assert first.next_page_token
     code, details = _code(
@@ -223,8 +223,8 @@ def test_get_series_pages_its_instances_in_instance_number_order(
     assert got == sops
 
 
-def test_unknown_series_and_study_are_not_found(running_store: StoreThread) -> None:
-    stub = _stub(running_store)
+def test_unknown_series_and_study_are_not_found(shared_store: StoreThread) -> None:
+    stub = _stub(shared_store)
     code, _ = _code(lambda: stub.GetSeries(pb.GetSeriesRequest(series_instance_uid="1.2.3")))
     assert code == grpc.StatusCode.NOT_FOUND
     code, _ = _code(lambda: stub.GetStudy(pb.GetStudyRequest(study_instance_uid="1.2.3")))
@@ -234,9 +234,9 @@ def test_unknown_series_and_study_are_not_found(running_store: StoreThread) -> N
 
 
 def test_get_study_lists_its_series_by_series_number(
-    running_store: StoreThread, catalog: dict[str, str]
+    shared_store: StoreThread, catalog: dict[str, str]
 ) -> None:
-    reply = _stub(running_store).GetStudy(pb.GetStudyRequest(study_instance_uid=catalog["st3"]))
+    reply = _stub(shared_store).GetStudy(pb.GetStudyRequest(study_instance_uid=catalog["st3"]))
     assert reply.study.patient_id == "P2"
     assert list(reply.study.modalities) == ["MR", "US"]
     assert reply.study.num_series == 2 and reply.study.num_instances == 6
@@ -244,10 +244,8 @@ def test_get_study_lists_its_series_by_series_number(
     assert {s.series_instance_uid for s in reply.series} == {catalog["mr2"], catalog["us1"]}
 
 
-def test_list_studies_filters_and_pages(
-    running_store: StoreThread, catalog: dict[str, str]
-) -> None:
-    stub = _stub(running_store)
+def test_list_studies_filters_and_pages(shared_store: StoreThread, catalog: dict[str, str]) -> None:
+    stub = _stub(shared_store)
     reply = stub.ListStudies(pb.ListStudiesRequest(patient_id="P1"))
     assert [s.study_instance_uid for s in reply.studies] == [catalog["st2"], catalog["st1"]]
     reply = stub.ListStudies(pb.ListStudiesRequest(accession_number="ACC-st3"))
@@ -264,17 +262,17 @@ def test_list_studies_filters_and_pages(
     assert second.next_page_token == ""
 
 
-def test_list_patients(running_store: StoreThread, catalog: dict[str, str]) -> None:
-    reply = _stub(running_store).ListPatients(pb.ListPatientsRequest())
+def test_list_patients(shared_store: StoreThread, catalog: dict[str, str]) -> None:
+    reply = _stub(shared_store).ListPatients(pb.ListPatientsRequest())
     assert [(p.patient_id, p.num_studies) for p in reply.patients] == [("P2", 1), ("P1", 2)]
     assert reply.patients[0].patient_name == "Doe^Jane"
     assert reply.patients[0].last_received_at.seconds > 1_700_000_400
-    only = _stub(running_store).ListPatients(pb.ListPatientsRequest(patient_id="P1"))
+    only = _stub(shared_store).ListPatients(pb.ListPatientsRequest(patient_id="P1"))
     assert [p.patient_id for p in only.patients] == ["P1"]
 
 
 def test_get_attributes_by_keyword_and_tag_forms(
-    running_store: StoreThread, catalog: dict[str, str]
+    shared_store: StoreThread, catalog: dict[str, str]
 ) -> None:
     reply_order = [
         "PatientName",
@@ -285,7 +283,7 @@ def test_get_attributes_by_keyword_and_tag_forms(
         "PatientID",
         "StudyDate",
     ]
-    reply = _stub(running_store).GetAttributes(
+    reply = _stub(shared_store).GetAttributes(
         pb.GetAttributesRequest(
             series_instance_uid=catalog["ct1"],
             attributes=reply_order,
@@ -310,8 +308,8 @@ def test_get_attributes_by_keyword_and_tag_forms(
     assert not by["StudyDate"].present and by["StudyDate"].tag == "00080020"
 
 
-def test_get_attributes_errors(running_store: StoreThread, catalog: dict[str, str]) -> None:
-    stub = _stub(running_store)
+def test_get_attributes_errors(shared_store: StoreThread, catalog: dict[str, str]) -> None:
+    stub = _stub(shared_store)
     code, details = _code(
         lambda: stub.GetAttributes(
             pb.GetAttributesRequest(
@@ -332,8 +330,8 @@ def test_get_attributes_errors(running_store: StoreThread, catalog: dict[str, st
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("attributes")
 
 
-def test_undecodable_query_is_invalid_argument(running_store: StoreThread) -> None:
-    call = running_store.channel().unary_unary(
+def test_undecodable_query_is_invalid_argument(shared_store: StoreThread) -> None:
+    call = shared_store.channel().unary_unary(
         "/seriesflow.v1.SeriesStore/ListSeries",
         request_serializer=lambda b: b,
         response_deserializer=pb.ListSeriesResponse.FromString,
