@@ -9,6 +9,7 @@ closes (an unfinished transaction is rolled back, never half-applied) and main r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -101,8 +102,9 @@ async def _probe_forever(store: RunningStore) -> None:
             )
             if up:
                 # Connections from before the outage are dead; replace them now rather
-                # than on first use.
-                await store.db.pool.check()
+                # than on first use (checkout checks them too, so failure here is harmless).
+                with contextlib.suppress(Exception):
+                    await store.db.pool.check()
         store.db.up = up
         store.metrics.database_up.set(1 if up else 0)
         if not store.draining.is_set():
@@ -115,6 +117,14 @@ async def start(config: StoreConfig, url: str) -> RunningStore:
     await asyncio.to_thread(require_head, url)
     db = Database(create_pool(url, config), url)
     await db.open()
+    try:
+        return await _start_serving(config, db)
+    except BaseException:
+        await db.close()
+        raise
+
+
+async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
     metrics = StoreMetrics()
     metrics.watch_pool(db.pool.get_stats)
     server = grpc.aio.server(
@@ -143,12 +153,18 @@ async def start(config: StoreConfig, url: str) -> RunningStore:
     )
     address = _address(config.listen_host, config.grpc_port)
     credentials = _credentials(config)
-    if credentials is None:
-        grpc_port = server.add_insecure_port(address)
-    else:
-        grpc_port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            grpc_port = server.add_insecure_port(address)
+        else:
+            grpc_port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc reports a failed bind this way
+        grpc_port = 0
     if grpc_port == 0:
-        raise OSError(f"cannot listen on {address} for gRPC (port in use?)")
+        raise OSError(
+            f"cannot listen on {address} for gRPC: is the port in use? "
+            "Set SERIESFLOW_GRPC_PORT / --grpc-port to a free one"
+        )
     httpd, _thread = start_http_server(
         config.store_metrics_port, addr=config.listen_host, registry=metrics.registry
     )

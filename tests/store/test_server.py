@@ -261,3 +261,30 @@ def test_grpcurl_lists_describes_and_calls_the_store(running_store: StoreThread)
     name, modality = answered["attributes"]
     assert name["value"] == "Doe^Jane" and name["present"] is True
     assert modality["tag"] == "00080060" and "present" not in modality
+
+
+def test_store_exits_with_a_clear_error_when_its_grpc_port_is_taken(migrated_url: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                ".venv/bin/python",
+                "-m",
+                "store",
+                "--grpc-port",
+                str(port),
+                "--store-metrics-port",
+                "0",
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            env={"SERIESFLOW_DATABASE_URL": migrated_url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "--grpc-port" in result.stderr
