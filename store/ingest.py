@@ -5,11 +5,12 @@ transaction and acks each update only after that commits). Rules, all idempotent
 
 - Identity. Patients are keyed by (PatientID, IssuerOfPatientID), studies by
   StudyInstanceUID, series by SeriesInstanceUID, instances by SOPInstanceUID.
-- Instances. An instance is inserted once (ON CONFLICT DO NOTHING); re-sending it is a
-  "duplicate" and changes nothing. num_instances and total_size_bytes are increased by
-  exactly the rows this transaction inserted, under the series' row lock, so they equal the
-  number of distinct SOPInstanceUIDs even with any number of concurrent writers.
-  first/last_received_at are the min/max received_at of the stored instances.
+- Instances. An instance is stored once (SOPInstanceUID is the primary key; see
+  store.instances for the COPY fast path and the ON CONFLICT DO NOTHING slow path);
+  re-sending it is a "duplicate" and changes nothing. num_instances and total_size_bytes
+  are increased by exactly the rows this transaction inserted, under the series' row lock,
+  so they equal the number of distinct SOPInstanceUIDs with any number of concurrent
+  writers. first/last_received_at are the min/max received_at of the stored instances.
 - Conflict: instance_in_other_series. A SOPInstanceUID already stored under another series
   stays with the series that stored it first; the update's claim is counted and recorded
   in merge_conflicts (subject = the SOP UID, kept = holding series, rejected = claimed one).
@@ -26,10 +27,11 @@ transaction and acks each update only after that commits). Rules, all idempotent
   new instance makes it RECEIVING (a COMPLETE series reopens, completed_at cleared); without
   new instances (a re-send) the status is left as it is. A new series starts RECEIVING.
 
-Locking. Every statement touches rows in a fixed order (patients by key, studies, series by
-UID, instances by SOP UID, conflicts by key), and each transaction locks its series rows
-(by the upsert) before inserting their instances, so concurrent writers queue instead of
-deadlocking; a deadlock that happens anyway is retried by Database.run.
+Locking. Upserts touch rows in a fixed order (patients by key, studies by UID, series by
+UID, conflicts by key), and each transaction locks its series rows (by the upsert) before
+inserting their instances, so writers of the same series queue instead of deadlocking.
+The one remaining deadlock (two series claiming the same SOP UIDs in opposite orders at
+the same moment) is detected by PostgreSQL and the transaction retried by Database.run.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ async def _merge_round(conn: Connection, updates: list[ValidUpdate], result: Bat
     patient_ids = await _upsert_patients(conn, updates)
     study_rows = await _upsert_studies(conn, updates, patient_ids)
     study_patient = {uid: row[1] for uid, row in study_rows.items()}
-    series_rows = await _upsert_series(conn, updates, study_rows, patient_ids)
+    series_rows = await _upsert_series(conn, updates, study_rows)
 
     mismatched_patients = [
         u for u in updates if patient_ids[u.patient_key] != study_patient[u.study_uid]
@@ -246,10 +248,9 @@ async def _upsert_series(
     conn: Connection,
     updates: list[ValidUpdate],
     study_rows: dict[str, tuple[int, int]],
-    patient_ids: dict[tuple[str, str], int],
 ) -> dict[str, tuple[int, int]]:
-    """Returns series UID -> (series id, study id the series keeps). Locks the rows."""
-    del patient_ids  # a series takes its study's patient, never the update's
+    """Returns series UID -> (series id, study id the series keeps). Locks the rows.
+    A series takes its study's patient, never the update's."""
     params: list[object] = [
         [u.series_uid for u in updates],
         [study_rows[u.study_uid][0] for u in updates],
