@@ -312,17 +312,21 @@ def _instances(update: pb.SeriesUpdate, *, now_us: int) -> Instances:
             checked.add(_uid(sop_class, f"instances[{index}].sop_class_uid", required=False))
         if syntax not in checked:
             checked.add(_uid(syntax, f"instances[{index}].transfer_syntax_uid", required=False))
-        if inst.size_bytes < 0:
+        size = inst.size_bytes
+        if size < 0:
             raise InvalidUpdate(f"instances[{index}].size_bytes", "must not be negative")
-        if inst.HasField("received_at"):
-            ts = inst.received_at
-            if not _MIN_SECONDS <= ts.seconds <= _MAX_SECONDS:
+        # An unset Timestamp reads as 0/0 (1970-01-01T00:00:00Z exactly, never a real
+        # receive time), which saves a HasField call per instance.
+        stamp = inst.received_at
+        seconds, nanos = stamp.seconds, stamp.nanos
+        if seconds or nanos:
+            if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
                 raise InvalidUpdate(
                     f"instances[{index}].received_at", "is outside years 0001..9999"
                 )
             # Integers, not datetimes: building 100k datetime objects costs more than the
             # whole COPY (store.instances writes PostgreSQL's binary format directly).
-            received = ts.seconds * 1_000_000 + ts.nanos // 1000
+            received = seconds * 1_000_000 + nanos // 1000
         else:
             # Not given: the time the store received it is the best estimate.
             received = now_us
@@ -332,6 +336,6 @@ def _instances(update: pb.SeriesUpdate, *, now_us: int) -> Instances:
             inst.instance_number if inst.HasField("instance_number") else None
         )
         out.transfer_syntax_uid.append(syntax)
-        out.size_bytes.append(inst.size_bytes)
+        out.size_bytes.append(size)
         out.received_us.append(received)
     return out

@@ -210,3 +210,18 @@ def test_invalid_dates_are_stored_null_with_raw_text(running_store: StoreThread)
     assert d is None and raw == "20241341"
     [(sd,)] = rows(url, "SELECT study_date::text FROM studies")
     assert sd == "2024-02-29"
+
+
+def test_instance_without_received_at_gets_the_store_receive_time(
+    running_store: StoreThread,
+) -> None:
+    import datetime as dt
+
+    series = uid()
+    update = make_update(series, [f"{series}.1"])
+    update.instances[0].ClearField("received_at")
+    before = dt.datetime.now(dt.UTC)
+    [ack] = send(running_store.channel(), [update])
+    assert ack.ok
+    [(received,)] = rows(running_store.store.db.url, "SELECT received_at FROM instances")
+    assert before - dt.timedelta(seconds=1) <= received <= dt.datetime.now(dt.UTC)

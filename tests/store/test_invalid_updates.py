@@ -31,6 +31,8 @@ def _bad(field: str) -> pb.SeriesUpdate:
         update.representative_header_json = '{"00100010": {"vr": "PN", "Value": ["\\u0000"]}}'
     elif field == "instances[0].size_bytes":
         update.instances[0].size_bytes = -1
+    elif field == "instances[1].received_at":
+        update.instances[1].received_at.seconds = 10**12  # year ~33658
     return update
 
 
@@ -44,6 +46,7 @@ FIELDS = [
     "series.series_description",
     "representative_header_json",
     "instances[0].size_bytes",
+    "instances[1].received_at",
 ]
 
 
