@@ -101,7 +101,10 @@ class StreamSession:
             while (item := await self._outbox.get()) is not _END:
                 if isinstance(item, _Abort):
                     await context.abort(item.code, item.message)
-                yield item
+                ack, received_at = item
+                yield ack
+                # Measured as the ack is handed to gRPC: read -> validate -> commit -> send.
+                self._metrics.ack_latency.observe(time.monotonic() - received_at)
         finally:
             for task in (reader, dispatcher, *self._inflight):
                 task.cancel()
@@ -249,17 +252,19 @@ class StreamSession:
 
     # -- answering -----------------------------------------------------------------------
 
-    def _reject(self, item: _Rejected) -> pb.SeriesAck:
+    def _reject(self, item: _Rejected) -> tuple[pb.SeriesAck, float]:
         self._metrics.updates.labels(result="invalid").inc()
-        self._metrics.ack_latency.observe(time.monotonic() - item.received_at)
         message = f"{item.field}: {item.message}" if item.field else item.message
-        return pb.SeriesAck(
+        ack = pb.SeriesAck(
             update_id=item.update_id,
             ok=False,
             error=pb.AckError(kind=pb.AckError.KIND_INVALID, field=item.field, message=message),
         )
+        return ack, item.received_at
 
-    def _acks(self, updates: list[ValidUpdate], result: ingest.BatchResult) -> list[pb.SeriesAck]:
+    def _acks(
+        self, updates: list[ValidUpdate], result: ingest.BatchResult
+    ) -> list[tuple[pb.SeriesAck, float]]:
         m = self._metrics
         m.instances.labels(result="new").inc(result.new)
         m.instances.labels(result="duplicate").inc(result.duplicate)
@@ -269,19 +274,16 @@ class StreamSession:
         for kind, count in result.conflicts.items():
             m.merge_conflicts.labels(kind=kind).inc(count)
         m.updates.labels(result="ok").inc(len(updates))
-        now = time.monotonic()
         acks = []
         for update in updates:
             state = result.series[update.series_uid]
-            m.ack_latency.observe(now - update.received_at)
-            acks.append(
-                pb.SeriesAck(
-                    update_id=update.update_id,
-                    ok=True,
-                    num_instances=state.num_instances,
-                    status=STATUS[state.status],
-                )
+            ack = pb.SeriesAck(
+                update_id=update.update_id,
+                ok=True,
+                num_instances=state.num_instances,
+                status=STATUS[state.status],
             )
+            acks.append((ack, update.received_at))
         return acks
 
     def _fail(self, exc: StoreError, pending: int) -> None:
