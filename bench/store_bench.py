@@ -6,8 +6,9 @@
 Starts an embedded PostgreSQL (or uses --database-url's server), a fresh database migrated
 to head, and a real store process (`python -m store`) on ephemeral ports. Then:
 
-1. streams every series as one SeriesUpdate through StoreSeries (acks only after commit, as
-   always) on --streams concurrent streams, and times first send -> last ack;
+1. after --warmup untimed updates, streams every series as one SeriesUpdate through
+   StoreSeries (acks only after commit, as always) on --streams concurrent streams, and
+   times first send -> last ack;
 2. measures ack latency unloaded: --probe updates sent one at a time, each waiting for its
    ack;
 3. COPYs the same instance rows, in one transaction, into a table shaped like `instances`
@@ -186,8 +187,8 @@ def copy_baseline(url: str, updates: list[pb.SeriesUpdate]) -> float:
     return elapsed
 
 
-def _scrape(port: int) -> dict[str, float]:
-    """The store's own figures: transactions, time in them, and ack latency sum."""
+def _scrape(port: int, since: dict[str, float]) -> dict[str, float]:
+    """The store's own figures (transactions, time in them), minus those in `since`."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -200,7 +201,7 @@ def _scrape(port: int) -> dict[str, float]:
     for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name in wanted:
-            out[wanted[name]] = float(value)
+            out[wanted[name]] = float(value) - since.get(wanted[name], 0.0)
     return out
 
 
@@ -226,6 +227,7 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=100, help="instances per series")
     parser.add_argument("--streams", type=int, default=1, help="concurrent StoreSeries streams")
     parser.add_argument("--probe", type=int, default=100, help="updates for unloaded latency")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed updates sent first")
     parser.add_argument("--batch-max-updates", type=int, default=128)
     parser.add_argument("--database-url", help="PostgreSQL server to use (default: embedded)")
     parser.add_argument("--profile", help="run the store under cProfile, writing stats here")
@@ -253,10 +255,14 @@ def main() -> int:
         t0 = time.time() - 3600
         updates = build_updates(run, args.series, args.instances, t0)
         probe_updates = build_updates(run + "9", args.probe, args.instances, t0)
+        warmup_updates = build_updates(run + "8", args.warmup, args.instances, t0)
         total = args.series * args.instances
         store = Store(url, args.batch_max_updates, args.profile)
 
-        idle_cpu = _cpu_seconds(store.proc.pid)  # start-up (imports, schema check)
+        # Warm up (pool connections, prepared statements) so the timed run is steady state.
+        stream(store.address, warmup_updates, [])
+        baseline = _scrape(store.metrics_port, {})
+        idle_cpu = _cpu_seconds(store.proc.pid)  # start-up, warm-up
         latencies: list[float] = []
         parts = [updates[i :: args.streams] for i in range(args.streams)]
         threads = [
@@ -271,7 +277,7 @@ def main() -> int:
         if len(latencies) != args.series:
             raise SystemExit(f"expected {args.series} acks, got {len(latencies)}")
 
-        server = _scrape(store.metrics_port)
+        server = _scrape(store.metrics_port, baseline)
         server["cpu_seconds"] = _cpu_seconds(store.proc.pid) - idle_cpu
         unloaded: list[float] = []
         for update in probe_updates:
