@@ -133,11 +133,18 @@ class Store:
         self.proc.wait(30)
 
 
-def stream(address: str, updates: list[pb.SeriesUpdate], latencies: list[float]) -> int:
+def stream(
+    address: str, updates: list[pb.SeriesUpdate], latencies: list[float], window: int = 0
+) -> int:
+    """Send `updates` on one stream, at most `window` unacked at a time (0: no limit, as
+    fast as gRPC flow control allows); append each update's send -> ack time."""
     sent_at: dict[str, float] = {}
+    slots = threading.Semaphore(window) if window else None
 
     def requests() -> Iterator[pb.SeriesUpdate]:
         for update in updates:
+            if slots is not None:
+                slots.acquire()
             sent_at[update.update_id] = time.perf_counter()
             yield update
 
@@ -148,6 +155,8 @@ def stream(address: str, updates: list[pb.SeriesUpdate], latencies: list[float])
                 raise SystemExit(f"update {ack.update_id} rejected: {ack.error.message}")
             latencies.append(time.perf_counter() - sent_at[ack.update_id])
             acked += 1
+            if slots is not None:
+                slots.release()
     return acked
 
 
@@ -228,6 +237,12 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=1, help="concurrent StoreSeries streams")
     parser.add_argument("--probe", type=int, default=100, help="updates for unloaded latency")
     parser.add_argument("--warmup", type=int, default=20, help="untimed updates sent first")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="most unacked updates per stream, like the receiver's stream_window (0: no limit)",
+    )
     parser.add_argument("--batch-max-updates", type=int, default=128)
     parser.add_argument("--database-url", help="PostgreSQL server to use (default: embedded)")
     parser.add_argument("--profile", help="run the store under cProfile, writing stats here")
@@ -266,7 +281,8 @@ def main() -> int:
         latencies: list[float] = []
         parts = [updates[i :: args.streams] for i in range(args.streams)]
         threads = [
-            threading.Thread(target=stream, args=(store.address, p, latencies)) for p in parts
+            threading.Thread(target=stream, args=(store.address, p, latencies, args.window))
+            for p in parts
         ]
         start = time.perf_counter()
         for t in threads:
@@ -308,6 +324,7 @@ def main() -> int:
         "instances_per_series": args.instances,
         "instances": total,
         "streams": args.streams,
+        "window": args.window,
         "storeseries_seconds": round(stream_seconds, 3),
         "storeseries_instances_per_s": round(stream_rate),
         "copy_seconds": round(copy_seconds, 3),
