@@ -338,3 +338,26 @@ def test_undecodable_query_is_invalid_argument(shared_store: StoreThread) -> Non
     )
     code, details = _code(lambda: call(b"\x0a\x02\xff\xfe", timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "UTF-8" in details
+
+
+def test_get_series_pages_instances_without_number_last(running_store: StoreThread) -> None:
+    s = uid()
+    numbered = [f"{s}.{n}" for n in range(1, 6)]
+    unnumbered = [f"{s}.{n}" for n in range(50, 56)]
+    update = make_update(s, numbered + unnumbered)
+    for inst in update.instances:
+        if inst.sop_instance_uid in unnumbered:
+            inst.ClearField("instance_number")
+    send(running_store.channel(), [update])
+    stub = _stub(running_store)
+    got: list[tuple[str, bool]] = []
+    token = ""
+    while True:
+        reply = stub.GetSeries(
+            pb.GetSeriesRequest(series_instance_uid=s, page_size=4, page_token=token)
+        )
+        got += [(i.sop_instance_uid, i.HasField("instance_number")) for i in reply.instances]
+        token = reply.next_page_token
+        if not token:
+            break
+    assert got == [(u, True) for u in numbered] + [(u, False) for u in sorted(unnumbered)]
