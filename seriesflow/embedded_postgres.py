@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pgserver
+import pgserver._commands
 import psycopg
 
 _log = logging.getLogger(__name__)
@@ -28,7 +29,9 @@ class EmbeddedPostgres:
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         # cleanup_mode=None: we stop it ourselves in stop(), not from an atexit hook that a
         # child process could trigger.
-        self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        self._server = pgserver.get_server(  # type: ignore[attr-defined]
+            self.pgdata, cleanup_mode=None
+        )
         self._ensure_database()
         self.url = self._server.get_uri(DATABASE_NAME)
         _log.info("embedded PostgreSQL running", extra={"fields": {"pgdata": str(self.pgdata)}})
@@ -43,12 +46,13 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server cleanly (a fast shutdown: open sessions are rolled back)."""
-        from pgserver._commands import pg_ctl
-
+        pg_ctl = pgserver._commands.pg_ctl  # type: ignore[attr-defined]
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
         # pgserver caches one handle per folder and registers an exit hook for it; forget
         # both so a later start in this process gets a fresh handle.
         atexit.unregister(self._server._cleanup)
         self._server.global_process_id_list.get_and_remove(os.getpid())
-        pgserver.PostgresServer._instances.pop(self.pgdata, None)
+        pgserver.PostgresServer._instances.pop(  # type: ignore[attr-defined]
+            self.pgdata, None
+        )
         _log.info("embedded PostgreSQL stopped")

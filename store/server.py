@@ -19,12 +19,12 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from seriesflow import settings
 from seriesflow.logs import configure as configure_logs
 from seriesflow.v1 import series_store_pb2 as pb
+from store import reflection
 from store.config import StoreConfig
 from store.database import Database, create_pool, resolve_url
 from store.errors import StoreError
@@ -143,13 +143,8 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    reflection.enable(
+        server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     )
     address = _address(config.listen_host, config.grpc_port)
     credentials = _credentials(config)
