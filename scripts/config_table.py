@@ -23,10 +23,13 @@ END = "<!-- config-table:end -->"
 
 def table() -> str:
     used_by: dict[str, list[str]] = {}
+    aliases: dict[str, list[str]] = {}
     fields: dict[str, dataclasses.Field[object]] = {}
-    for role, cls in (("store", StoreConfig), ("receiver", ReceiverConfig), ("send/echo", SenderConfig)):
+    roles = (("store", StoreConfig), ("receiver", ReceiverConfig), ("send/echo", SenderConfig))
+    for role, cls in roles:
         for f in dataclasses.fields(cls):
             used_by.setdefault(f.name, []).append(role)
+            aliases.setdefault(f.name, []).extend(f.metadata.get("aliases", ()))
             fields.setdefault(f.name, f)
     rows = [
         "| Variable | Flag | Default | Used by | Meaning |",
@@ -37,9 +40,9 @@ def table() -> str:
         shown = "(unset)" if default is None or default == "" else f"`{default}`"
         if name == "receiver_id":
             shown = "host name"
-        aliases = "".join(f", `{a}`" for a in f.metadata.get("aliases", ()))
+        flags = "".join(f", `{a}`" for a in aliases[name])
         rows.append(
-            f"| `{settings.env_name(name)}` | `{settings.flag_name(name)}`{aliases} | {shown} "
+            f"| `{settings.env_name(name)}` | `{settings.flag_name(name)}`{flags} | {shown} "
             f"| {', '.join(used_by[name])} | {f.metadata['help']} |"
         )
     return "\n".join(rows)

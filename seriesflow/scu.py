@@ -52,7 +52,7 @@ class SenderConfig:
     )
     jobs: int = setting("1", settings.positive_int, "parallel associations for send")
     dimse_timeout: float = setting(
-        "60", settings.positive_seconds, "seconds to wait for each response"
+        "30", settings.positive_seconds, "seconds to wait for each response"
     )
 
 
