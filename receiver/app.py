@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
 import warnings
 from types import FrameType
 
+from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from seriesflow import logs, settings
@@ -22,6 +24,8 @@ from . import client, metrics, scp
 from .config import ReceiverConfig
 from .flusher import Flusher
 from .health import HealthServer
+from .intake import Intake
+from .server import DicomServer
 from .spool import Spool
 from .tracker import Tracker
 
@@ -51,19 +55,18 @@ class Receiver:
                 config.store_tls_ca, config.store_tls_cert, config.store_tls_key
             ),
         )
-        self.ae = scp.build_ae(
-            config.ae_title,
-            config.max_associations,
-            (config.acse_timeout, config.dimse_timeout, config.network_timeout),
-        )
-        self.deps = scp.ScpDeps(self.spool, self.tracker, config.ae_title, config.receiver_id)
-        self.server: ThreadedAssociationServer | None = None
+        self.intake = Intake(self.spool, self.tracker, config.ae_title, config.receiver_id)
+        self.dicom: DicomServer | None = None
+        self.ae: AE | None = None
+        self.pynetdicom_server: ThreadedAssociationServer | None = None
         self.health: HealthServer | None = None
 
     @property
     def dicom_port(self) -> int:
-        assert self.server is not None
-        return int(self.server.server_address[1])
+        if self.dicom is not None:
+            return self.dicom.port
+        assert self.pynetdicom_server is not None
+        return int(self.pynetdicom_server.server_address[1])
 
     @property
     def metrics_port(self) -> int:
@@ -78,14 +81,7 @@ class Receiver:
         ssl_context = None
         if self.config.dicom_tls_cert is not None and self.config.dicom_tls_key is not None:
             ssl_context = scp.tls_context(self.config.dicom_tls_cert, self.config.dicom_tls_key)
-        self.server = scp.start(
-            self.ae,
-            self.config.listen_host,
-            self.config.dicom_port,
-            self.deps,
-            self.config.allowed_calling_ae_titles,
-            ssl_context,
-        )
+        self._start_dicom(ssl_context)
         self.health = HealthServer(
             self.config.listen_host,
             self.config.receiver_metrics_port,
@@ -105,14 +101,49 @@ class Receiver:
             },
         )
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()  # no new associations from here on
+    def _start_dicom(self, ssl_context: ssl.SSLContext | None) -> None:
+        config = self.config
+        if config.dicom_engine == "pynetdicom":
+            self.ae = scp.build_ae(
+                config.ae_title,
+                config.max_associations,
+                (config.acse_timeout, config.dimse_timeout, config.network_timeout),
+            )
+            self.pynetdicom_server = scp.start(
+                self.ae,
+                config.listen_host,
+                config.dicom_port,
+                self.intake,
+                config.allowed_calling_ae_titles,
+                ssl_context,
+            )
+            return
+        self.dicom = DicomServer(
+            self.intake,
+            config.listen_host,
+            config.dicom_port,
+            max_associations=config.max_associations,
+            allowed_calling=config.allowed_calling_ae_titles,
+            acse_timeout=config.acse_timeout,
+            network_timeout=config.network_timeout,
+            ssl_context=ssl_context,
+        )
+        self.dicom.start()
+
+    def _stop_dicom(self) -> None:
+        """No new associations; those in flight get a while to finish, then are aborted."""
+        if self.dicom is not None:
+            self.dicom.stop(_ASSOCIATION_DRAIN_SECONDS)
+        if self.pynetdicom_server is not None and self.ae is not None:
+            self.pynetdicom_server.shutdown()
             deadline = time.monotonic() + _ASSOCIATION_DRAIN_SECONDS
             while self.ae.active_associations and time.monotonic() < deadline:
                 time.sleep(0.05)
             for association in self.ae.active_associations:
                 association.abort()
+
+    def stop(self) -> None:
+        self._stop_dicom()
         self.flusher.stop()
         self.client.stop(_STREAM_DRAIN_SECONDS)
         self.spool.close()
@@ -123,8 +154,11 @@ class Receiver:
     # -- health -----------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
-        sock = None if self.server is None else self.server.socket
-        listening = sock is not None and sock.fileno() >= 0
+        if self.dicom is not None:
+            listening = self.dicom.listening
+        else:
+            sock = None if self.pynetdicom_server is None else self.pynetdicom_server.socket
+            listening = sock is not None and sock.fileno() >= 0
         if not listening:
             return False, "not listening for DICOM"
         if not self.spool.writable():

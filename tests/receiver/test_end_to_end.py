@@ -117,6 +117,9 @@ def test_names_in_latin1_utf8_and_iso2022_japanese_are_stored_as_unicode(
             # Each its own series, so each series' patient name is that instance's.
             ds.SeriesInstanceUID = rx_dicom.uid()
             ds.SOPInstanceUID = rx_dicom.uid()
+            # One study and patient per case: a study's patient is fixed by its first update.
+            ds.StudyInstanceUID = rx_dicom.uid()
+            ds.PatientID = f"CHARSET-{ds.SOPInstanceUID[-6:]}"
             assert rx_send.store(assoc, ds, "1.2.840.10008.1.2.1").status == 0
     finally:
         assoc.release()

@@ -1,0 +1,147 @@
+"""One received instance, from dataset bytes to a durable spool entry and a DICOM status.
+
+Shared by both DICOM engines (receiver.server, the asyncio default, and receiver.scp on
+pynetdicom). Never raises: every failure becomes a status with an ErrorComment, so one bad
+instance costs its sender one error and nothing else (contract 4). Success is answered only
+after the spool committed the instance (contract 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from . import header, metrics
+from .header import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Rejection
+from .spool import Spool, SpoolFull, SpoolUnavailable
+from .tracker import Tracker
+
+LOG = logging.getLogger(__name__)
+
+_STATUS_LABEL = {SUCCESS: "success", OUT_OF_RESOURCES: "out_of_resources"}
+# Comments we write ourselves; parser messages may quote values and stay out of INFO logs.
+_LOGGABLE_REASONS = frozenset({"missing_uid", "malformed_uid", "spool_full", "spool_unavailable"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """The C-STORE response: status, and an ErrorComment (LO, at most 64 characters)."""
+
+    status: int
+    comment: str = ""
+
+
+@dataclasses.dataclass
+class Intake:
+    spool: Spool
+    tracker: Tracker
+    ae_title: str
+    receiver_id: str
+    _open: set[int] = dataclasses.field(default_factory=set)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    # -- associations -------------------------------------------------------------------
+
+    def association_opened(self, key: int) -> None:
+        with self._lock:
+            self._open.add(key)
+        metrics.ASSOCIATIONS.labels(result="accepted").inc()
+        metrics.ASSOCIATIONS_ACTIVE.inc()
+
+    def association_ended(self, key: int, released: bool) -> None:
+        """Idempotent: engines may report one ending twice (release, then close)."""
+        with self._lock:
+            if key not in self._open:
+                return
+            self._open.discard(key)
+        metrics.ASSOCIATIONS_ACTIVE.dec()
+        self.tracker.association_ended(key, released)
+
+    def association_rejected(self, calling_ae_title: str, peer: str, why: str) -> None:
+        metrics.ASSOCIATIONS.labels(result="rejected").inc()
+        LOG.warning(
+            "association rejected",
+            extra={"fields": {"calling_ae_title": calling_ae_title, "peer": peer, "why": why}},
+        )
+
+    # -- instances ----------------------------------------------------------------------
+
+    def accept(
+        self,
+        raw: bytes,
+        transfer_syntax_uid: str,
+        calling_ae_title: str,
+        association: int,
+        affected_sop_class_uid: str,
+    ) -> Answer:
+        """Parse, validate, spool durably, then (only then) answer success."""
+        try:
+            return self._accept(
+                raw, transfer_syntax_uid, calling_ae_title, association, affected_sop_class_uid
+            )
+        except Exception:  # the last line of defence: a bug must not end the association
+            LOG.exception("unexpected error storing an instance")
+            return _refuse(Rejection(CANNOT_UNDERSTAND, "internal_error", "internal error"))
+
+    def _accept(
+        self, raw: bytes, syntax: str, calling: str, association: int, sop_class: str
+    ) -> Answer:
+        metrics.RECEIVED_BYTES.inc(len(raw))
+        received = time.time()
+        try:
+            parsed = header.parse(raw, syntax)
+            # The negotiated class is valid by construction; a dataset's own SOPClassUID
+            # may not be, and the store would refuse the whole series' update for it.
+            parsed.fallback_sop_class_uid = sop_class
+            representative = self.tracker.needs_representative(parsed.series_uid)
+            record = header.build_record(
+                parsed,
+                received_at=_timestamp(received),
+                calling_ae_title=calling,
+                called_ae_title=self.ae_title,
+                receiver_id=self.receiver_id,
+                representative=False,
+            )
+        except Rejection as rejection:
+            return _refuse(rejection)
+        except Exception as exc:  # values pydicom cannot convert (hostile bytes)
+            comment = f"dataset cannot be parsed: {exc}"
+            return _refuse(Rejection(CANNOT_UNDERSTAND, "unparseable", comment))
+        if representative:
+            try:
+                record.representative_header_json = header.representative_json(parsed)
+                record.text_decoding_fallbacks[:] = sorted(parsed.fallbacks)
+            except Exception:
+                # An element would not render as JSON: keep the instance; another instance
+                # of the series will be the representative.
+                representative = False
+        try:
+            seq = self.spool.append(parsed.series_uid, record.SerializeToString(), received)
+        except SpoolFull as exc:
+            return _refuse(Rejection(OUT_OF_RESOURCES, "spool_full", f"spool full: {exc}"))
+        except SpoolUnavailable as exc:
+            return _refuse(Rejection(OUT_OF_RESOURCES, "spool_unavailable", str(exc)))
+        self.tracker.add(parsed.series_uid, seq, association, representative, received)
+        metrics.INSTANCES.labels(status="success", reason="stored").inc()
+        return Answer(SUCCESS)
+
+
+def _refuse(rejection: Rejection) -> Answer:
+    metrics.INSTANCES.labels(
+        status=_STATUS_LABEL.get(rejection.status, "error"), reason=rejection.reason
+    ).inc()
+    fields = {"status": f"0x{rejection.status:04X}", "reason": rejection.reason}
+    if rejection.reason in _LOGGABLE_REASONS:
+        fields["comment"] = rejection.comment
+    LOG.info("instance refused", extra={"fields": fields})
+    return Answer(rejection.status, rejection.comment[:64])
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
