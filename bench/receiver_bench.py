@@ -424,9 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             "growth": round(rss_last / rss_first - 1, 3),
         }
         log(f"latency {results['latency_last_instance_to_commit_s']}")
-        log(
-            f"rss {results['receiver_rss_mib']}  nagle slowdown {results['seriesflow_nagle_slowdown']}"
-        )
+        log(f"rss {results['receiver_rss_mib']}")
+        log(f"nagle slowdown {results['seriesflow_nagle_slowdown']}")
         print(json.dumps(results, sort_keys=True), flush=True)
         return 0
     finally:
