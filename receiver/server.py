@@ -156,17 +156,23 @@ class _Association:
         if not self.writer.is_closing():
             self.writer.write(data)
 
+    def quick_ack(self) -> None:
+        # A sender that leaves Nagle on (Debian's dcmtk) holds each small write until its
+        # previous one is ACKed, and Linux delays ACKs ~40 ms on request/response traffic:
+        # one stall per C-STORE. Asking for an immediate ACK whenever we read avoids it.
+        if _TCP_QUICKACK is not None and self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+
     async def read_pdu(self, timeout: float) -> tuple[int, bytes]:
+        self.quick_ack()
         head = await asyncio.wait_for(self.reader.readexactly(6), timeout)
+        self.quick_ack()
         kind, length = head[0], struct.unpack(">I", head[2:6])[0]
         if length > _ABSURD_PDU:
             raise pdu.ProtocolError(f"PDU of {length} bytes refused")
         body = await asyncio.wait_for(self.reader.readexactly(length), timeout)
-        # A sender that leaves Nagle on holds its last small segment until we ACK; ACK now
-        # instead of after the kernel's delayed-ACK timer (~40 ms per C-STORE otherwise).
-        if _TCP_QUICKACK is not None and self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        self.quick_ack()
         return kind, body
 
     async def run(self) -> None:
