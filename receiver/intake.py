@@ -8,6 +8,7 @@ after the spool committed the instance (contract 1).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import threading
@@ -17,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from . import header, metrics
 from .header import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Rejection
-from .spool import Spool, SpoolFull, SpoolUnavailable
+from .spool import Spool, SpoolError, SpoolFull
 from .tracker import Tracker
 
 LOG = logging.getLogger(__name__)
@@ -78,18 +79,36 @@ class Intake:
         association: int,
         affected_sop_class_uid: str,
     ) -> Answer:
-        """Parse, validate, spool durably, then (only then) answer success."""
+        """Parse, validate, spool durably, then (only then) answer success. Blocks."""
+        step = self.begin(
+            raw, transfer_syntax_uid, calling_ae_title, association, affected_sop_class_uid
+        )
+        if isinstance(step, Answer):
+            return step
+        concurrent.futures.wait([step.committed])
+        return step.complete()
+
+    def begin(
+        self,
+        raw: bytes,
+        transfer_syntax_uid: str,
+        calling_ae_title: str,
+        association: int,
+        affected_sop_class_uid: str,
+    ) -> Answer | Committing:
+        """Parse and queue for the spool without waiting: an Answer when refused at once,
+        else a Committing whose `committed` future completes with the group commit."""
         try:
-            return self._accept(
+            return self._begin(
                 raw, transfer_syntax_uid, calling_ae_title, association, affected_sop_class_uid
             )
         except Exception:  # the last line of defence: a bug must not end the association
             LOG.exception("unexpected error storing an instance")
             return _refuse(Rejection(CANNOT_UNDERSTAND, "internal_error", "internal error"))
 
-    def _accept(
+    def _begin(
         self, raw: bytes, syntax: str, calling: str, association: int, sop_class: str
-    ) -> Answer:
+    ) -> Answer | Committing:
         metrics.RECEIVED_BYTES.inc(len(raw))
         received = time.time()
         try:
@@ -120,14 +139,41 @@ class Intake:
                 # of the series will be the representative.
                 representative = False
         try:
-            seq = self.spool.append(parsed.series_uid, record.SerializeToString(), received)
-        except SpoolFull as exc:
-            return _refuse(Rejection(OUT_OF_RESOURCES, "spool_full", f"spool full: {exc}"))
-        except SpoolUnavailable as exc:
-            return _refuse(Rejection(OUT_OF_RESOURCES, "spool_unavailable", str(exc)))
-        self.tracker.add(parsed.series_uid, seq, association, representative, received)
+            future = self.spool.append_later(
+                parsed.series_uid, record.SerializeToString(), received
+            )
+        except SpoolError as exc:
+            return _spool_refusal(exc)
+        return Committing(
+            self.tracker, future, parsed.series_uid, association, representative, received
+        )
+
+
+@dataclasses.dataclass
+class Committing:
+    """An instance on its way into the spool; `complete()` once `committed` is done."""
+
+    tracker: Tracker
+    committed: concurrent.futures.Future[int]
+    series_uid: str
+    association: int
+    representative: bool
+    received: float
+
+    def complete(self) -> Answer:
+        try:
+            seq = self.committed.result()
+        except SpoolError as exc:
+            return _spool_refusal(exc)
+        self.tracker.add(self.series_uid, seq, self.association, self.representative, self.received)
         metrics.INSTANCES.labels(status="success", reason="stored").inc()
         return Answer(SUCCESS)
+
+
+def _spool_refusal(exc: SpoolError) -> Answer:
+    if isinstance(exc, SpoolFull):
+        return _refuse(Rejection(OUT_OF_RESOURCES, "spool_full", f"spool full: {exc}"))
+    return _refuse(Rejection(OUT_OF_RESOURCES, "spool_unavailable", str(exc)))
 
 
 def _refuse(rejection: Rejection) -> Answer:

@@ -2,16 +2,15 @@
 
 Why not pynetdicom's server: it polls (each association runs two threads that sleep 1 ms
 between checks), which capped one sender near 250 instances/s and burned a core on
-polling with four. Here each association is a coroutine woken only by its socket; the
-blocking part of an instance (parse, then wait for the spool's group commit) runs on a
-thread pool so other associations keep moving. pynetdicom remains available as
+polling with four. Here each association is a coroutine woken only by its socket; an
+instance is parsed on the loop and its coroutine then awaits the spool's group commit,
+so other associations keep moving meanwhile. pynetdicom remains available as
 `SERIESFLOW_DICOM_ENGINE=pynetdicom` (receiver.scp).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -22,7 +21,7 @@ import threading
 
 from . import pdu
 from .contexts import ACCEPTANCE, negotiate
-from .intake import Intake
+from .intake import Answer, Intake
 
 LOG = logging.getLogger(__name__)
 
@@ -55,9 +54,6 @@ class DicomServer:
         self.allowed_calling = allowed_calling
         self.acse_timeout, self.network_timeout = acse_timeout, network_timeout
         self.ssl_context = ssl_context
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_associations, thread_name_prefix="c-store"
-        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="dicom", daemon=True)
         self._server: asyncio.Server | None = None
@@ -87,7 +83,6 @@ class DicomServer:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
-            self.executor.shutdown(wait=True)
 
     async def _shutdown(self, drain_seconds: float) -> None:
         self.listening = False
@@ -255,16 +250,17 @@ class _Association:
             reply = pdu.response(pdu.C_ECHO_RSP, message_id, sop_class or abstract, None, 0)
         elif field == pdu.C_STORE_RQ:
             sop_instance = pdu.ui(command, 0x1000)
-            loop = asyncio.get_running_loop()
-            answer = await loop.run_in_executor(
-                self.server.executor,
-                self.server.intake.accept,
-                dataset,
-                syntax,
-                self.calling,
-                self.key,
-                sop_class or abstract,
+            # Parsing runs here, on the loop (CPU under the GIL either way; a thread hop
+            # per instance cost more than it saved); only the group commit is awaited.
+            step = self.server.intake.begin(
+                dataset, syntax, self.calling, self.key, sop_class or abstract
             )
+            if isinstance(step, Answer):
+                answer = step
+            else:
+                with contextlib.suppress(Exception):  # complete() turns failures into statuses
+                    await asyncio.wrap_future(step.committed)
+                answer = step.complete()
             reply = pdu.response(
                 pdu.C_STORE_RSP,
                 message_id,

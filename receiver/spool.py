@@ -148,6 +148,13 @@ class Spool:
 
     def append(self, series_uid: str, payload: bytes, received_at: float) -> int:
         """Keep one instance durably; returns its sequence number once committed."""
+        return int(self.append_later(series_uid, payload, received_at).result())
+
+    def append_later(
+        self, series_uid: str, payload: bytes, received_at: float
+    ) -> concurrent.futures.Future[int]:
+        """Queue one instance for the next group commit; the future gives its sequence
+        number once committed. SpoolFull/SpoolUnavailable are raised now or set on it."""
         nbytes = len(payload) + ENTRY_OVERHEAD
         with self._lock:
             if self._closed:
@@ -167,14 +174,15 @@ class Spool:
             )
             return int(cursor.lastrowid or 0)
 
-        try:
-            seq = int(self._submit(insert).result())
-        except BaseException:
-            with self._lock:
-                self._pending_bytes -= nbytes
-                self._pending_count -= 1
-            raise
-        return seq
+        def release_if_failed(future: concurrent.futures.Future[int]) -> None:
+            if future.exception() is not None:
+                with self._lock:
+                    self._pending_bytes -= nbytes
+                    self._pending_count -= 1
+
+        future = self._submit(insert)
+        future.add_done_callback(release_if_failed)
+        return future
 
     def assign(self, update_id: str, completion: int, seqs: Sequence[int]) -> None:
         """Record that these entries travel in update `update_id` (kept across restarts)."""
