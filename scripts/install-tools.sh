@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system tools the tests talk to, when they are missing:
 #   Debian: dcmtk (storescu, storescp, echoscu), orthanc (a real PACS as sender),
-#           prometheus + promtool (scrape and rule checks), docker-compose (compose config check)
+#           prometheus + promtool (scrape and rule checks), docker-compose (compose config
+#           check), openssl (test certificates), util-linux (unshare, read-only-root test)
 #   Go:     helm and grpcurl, built once into $GOPATH/bin and reused afterwards.
 # Idempotent: a second run with everything present does nothing and takes a second.
 set -euo pipefail
@@ -20,6 +21,8 @@ command -v storescu >/dev/null 2>&1 || missing_debs+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing_debs+=(orthanc)
 command -v promtool >/dev/null 2>&1 || missing_debs+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing_debs+=(docker-compose)
+command -v openssl >/dev/null 2>&1 || missing_debs+=(openssl)
+command -v unshare >/dev/null 2>&1 || missing_debs+=(util-linux)
 
 if [ "${#missing_debs[@]}" -gt 0 ]; then
     log "apt-get install ${missing_debs[*]}"

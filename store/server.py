@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -215,10 +214,6 @@ async def serve(config: StoreConfig, url: str, stop: asyncio.Event | None = None
 
 def main(config: StoreConfig) -> int:
     """Entry point of `seriesflow store`: blocks until SIGTERM/SIGINT; the exit code."""
-    # The store forks only to exec (pg_ctl of the embedded PostgreSQL). gRPC's fork handlers
-    # are for fork-without-exec and have crashed such children (SIGSEGV before exec) while
-    # gRPC threads were busy; off, before gRPC starts its threads.
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     configure_logs(config.log_level)
     _log.info("store starting", extra={"fields": {"config": settings.describe(config)}})
     try:

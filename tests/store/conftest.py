@@ -7,17 +7,11 @@ TCP on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
-
-# These tests fork (pg_ctl, `python -m store`) from a process with busy gRPC threads; gRPC's
-# fork handlers then crashed the child now and then (SIGSEGV before exec). We only ever
-# fork to exec, so turn the handlers off, before gRPC is first used.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
 import asyncio
 import contextlib
 import dataclasses
 import itertools
+import os
 import signal
 import subprocess
 import sys
