@@ -44,15 +44,27 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+# Any fixed key: several store pods migrate at once on install (their init containers), and
+# the lock makes the others wait and then find the schema already at head.
+MIGRATION_LOCK_KEY = 0x5E41E5F1
+
+
 def run_migrations_online() -> None:
     engine = create_engine(_database_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
-        # transaction_per_migration: a failed revision leaves the schema at the previous one.
-        context.configure(
-            connection=connection, target_metadata=None, transaction_per_migration=True
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+        connection.commit()  # the session-level lock outlives this transaction
+        try:
+            # transaction_per_migration: a failed revision leaves the schema at the previous one.
+            context.configure(
+                connection=connection, target_metadata=None, transaction_per_migration=True
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            connection.rollback()
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+            connection.commit()
     engine.dispose()
 
 
