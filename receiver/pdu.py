@@ -129,9 +129,12 @@ def abort(source: int = 2, reason: int = 0) -> bytes:
     return _pdu(ABORT, bytes([0, 0, source, reason]))
 
 
-def pdvs(body: bytes) -> list[tuple[int, int, bytes]]:
-    """(context id, message control header, fragment) of each PDV in a P-DATA-TF body."""
+def pdvs(body: bytes) -> list[tuple[int, int, memoryview]]:
+    """(context id, message control header, fragment) of each PDV in a P-DATA-TF body.
+
+    Fragments are views into `body`, not copies: a CT slice is half a megabyte."""
     out = []
+    view = memoryview(body)
     pos = 0
     while pos < len(body):
         if pos + 6 > len(body):
@@ -139,7 +142,7 @@ def pdvs(body: bytes) -> list[tuple[int, int, bytes]]:
         length = struct.unpack_from(">I", body, pos)[0]
         if length < 2 or pos + 4 + length > len(body):
             raise ProtocolError("P-DATA-TF item length does not fit its PDU")
-        out.append((body[pos + 4], body[pos + 5], body[pos + 6 : pos + 4 + length]))
+        out.append((body[pos + 4], body[pos + 5], view[pos + 6 : pos + 4 + length]))
         pos += 4 + length
     return out
 

@@ -29,6 +29,7 @@ LOG = logging.getLogger(__name__)
 # bounded; a sender must respect it (PS3.8 D.1).
 MAX_PDU_LENGTH = 256 * 1024
 _ABSURD_PDU = 64 * 1024 * 1024
+_STREAM_LIMIT = 4 * 1024 * 1024
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -70,7 +71,14 @@ class DicomServer:
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(
-            self._serve, self.host, self.requested_port, ssl=self.ssl_context, backlog=128
+            self._serve,
+            self.host,
+            self.requested_port,
+            ssl=self.ssl_context,
+            backlog=128,
+            # The stream pauses the socket whenever it buffers 2 x limit; the default
+            # (64 KiB) paused and resumed it several times per CT slice.
+            limit=_STREAM_LIMIT,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         self.listening = True
@@ -160,7 +168,6 @@ class _Association:
                 self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
     async def read_pdu(self, timeout: float) -> tuple[int, bytes]:
-        self.quick_ack()
         head = await asyncio.wait_for(self.reader.readexactly(6), timeout)
         self.quick_ack()
         kind, length = head[0], struct.unpack(">I", head[2:6])[0]
@@ -206,8 +213,8 @@ class _Association:
         return True
 
     async def serve_messages(self) -> None:
-        command = bytearray()
-        dataset = bytearray()
+        command: list[memoryview] = []
+        dataset: list[memoryview] = []
         parsed: dict[int, bytes] | None = None
         context_id = 0
         while True:
@@ -225,9 +232,9 @@ class _Association:
                 if pdv_context not in self.contexts:
                     raise pdu.ProtocolError(f"presentation context {pdv_context} not accepted")
                 if control & 0x01:  # command fragment
-                    command += fragment
+                    command.append(fragment)
                     if control & 0x02:
-                        parsed, context_id = pdu.parse_command(bytes(command)), pdv_context
+                        parsed, context_id = pdu.parse_command(b"".join(command)), pdv_context
                         command.clear()
                         if pdu.us(parsed, 0x0800) == pdu.NO_DATASET:
                             await self.answer(parsed, context_id, b"")
@@ -235,9 +242,10 @@ class _Association:
                 else:
                     if parsed is None:
                         raise pdu.ProtocolError("dataset fragment without a command")
-                    dataset += fragment
+                    dataset.append(fragment)
                     if control & 0x02:
-                        await self.answer(parsed, context_id, bytes(dataset))
+                        # One copy for the whole dataset, however many fragments it came in.
+                        await self.answer(parsed, context_id, b"".join(dataset))
                         dataset.clear()
                         parsed = None
 
