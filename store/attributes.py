@@ -14,6 +14,7 @@ from typing import Any
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from seriesflow.v1 import series_store_pb2 as pb
+from store import request_fields
 from store.database import Connection
 from store.errors import BadRequest, NotFound
 
@@ -99,11 +100,7 @@ def answer(header: dict[str, Any] | None, requested: list[str]) -> list[pb.Attri
 async def get_attributes(
     conn: Connection, req: pb.GetAttributesRequest
 ) -> pb.GetAttributesResponse:
-    uid = req.series_instance_uid
-    if not uid.strip():
-        raise BadRequest("series_instance_uid", "is required")
-    if "\0" in uid:
-        raise BadRequest("series_instance_uid", "contains a NUL character")
+    uid = request_fields.uid(req.series_instance_uid, "series_instance_uid", required=True)
     if not req.attributes:
         raise BadRequest("attributes", "name at least one keyword or tag")
     if len(req.attributes) > MAX_ATTRIBUTES:

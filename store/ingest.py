@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from store import instances
 from store.database import Connection
 from store.instances import SeriesState
-from store.validation import ValidUpdate
+from store.validation import SERIES_TEXT, SOURCE_TEXT, STUDY_TEXT, ValidUpdate
 
 
 @dataclass
@@ -135,7 +135,7 @@ async def _merge_round(conn: Connection, updates: list[ValidUpdate], result: Bat
         for c in outcome.claims
     ]
     result.new += outcome.new
-    result.duplicate += outcome.duplicate
+    result.duplicate += outcome.duplicate + sum(u.instances.repeated for u in updates)
     if conflicts:
         await _record_conflicts(conn, conflicts)
         for conflict in conflicts:
@@ -188,16 +188,7 @@ async def _upsert_studies(
         grouped[u.study_uid].append(u.study)
         proposed.setdefault(u.study_uid, patient_ids[u.patient_key])
     rows = [_latest_non_empty(grouped[uid]) for uid in sorted(grouped)]
-    cols = (
-        "study_instance_uid",
-        "study_date",
-        "study_date_raw",
-        "study_time",
-        "study_description",
-        "accession_number",
-        "study_id",
-        "referring_physician_name",
-    )
+    cols = ("study_instance_uid", "study_date", "study_date_raw", *STUDY_TEXT)
     params: list[object] = [[proposed[str(row["study_instance_uid"])] for row in rows]]
     params += [[row[c] for row in rows] for c in cols]
     cur = await conn.execute(
@@ -228,20 +219,7 @@ async def _upsert_studies(
     return {str(r[0]): (int(r[1]), int(r[2])) for r in await cur.fetchall()}  # type: ignore[call-overload]
 
 
-_SERIES_TEXT = (
-    "modality",
-    "series_description",
-    "body_part_examined",
-    "manufacturer",
-    "manufacturer_model_name",
-    "station_name",
-    "institution_name",
-    "series_time",
-    "protocol_name",
-    "source_ae_title",
-    "called_ae_title",
-    "receiver_id",
-)
+_SERIES_TEXT = (*SERIES_TEXT, *SOURCE_TEXT)
 
 
 async def _upsert_series(

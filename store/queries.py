@@ -11,15 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.rows import dict_row
 
 from seriesflow.v1 import series_store_pb2 as pb
-from store import tokens
+from store import request_fields, tokens
 from store.database import Connection
 from store.errors import BadRequest, NotFound
-from store.validation import parse_date
 
 Row = dict[str, Any]
 
@@ -59,6 +57,14 @@ STUDY_SELECT = """
                COALESCE(sum(s.num_instances), 0)::bigint AS num_instances
         FROM series s WHERE s.study_fk = st.id
     ) AS agg
+"""
+
+
+PATIENT_SELECT = """
+    SELECT p.id, p.patient_id, p.issuer_of_patient_id, p.patient_name, p.patient_birth_date,
+           p.patient_sex, p.last_received_at,
+           (SELECT count(*) FROM studies st WHERE st.patient_fk = p.id) AS num_studies
+    FROM patients p
 """
 
 
@@ -127,37 +133,6 @@ def study_message(r: Row) -> pb.Study:
     )
 
 
-def _text_filter(value: str, field: str) -> str:
-    if "\0" in value:
-        raise BadRequest(field, "contains a NUL character")
-    return value
-
-
-def _required(value: str, field: str) -> str:
-    if not value.strip():
-        raise BadRequest(field, "is required")
-    return _text_filter(value, field)
-
-
-def _date_filter(value: str, field: str) -> dt.date | None:
-    if not value:
-        return None
-    parsed = parse_date(value)
-    if parsed is None:
-        raise BadRequest(field, f"{value[:40]!r} is not a date; use YYYYMMDD or YYYY-MM-DD")
-    return parsed
-
-
-def _time_filter(request: Message, field: str) -> dt.datetime | None:
-    if not request.HasField(field):
-        return None
-    stamp: Timestamp = getattr(request, field)
-    try:
-        return stamp.ToDatetime(tzinfo=dt.UTC)
-    except (ValueError, OverflowError):
-        raise BadRequest(field, "is outside the supported time range") from None
-
-
 async def _fetch(conn: Connection, sql: str, params: dict[str, Any]) -> list[Row]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(sql, params)
@@ -171,56 +146,76 @@ def _page(rows: list[Row], size: int, keyset: list[str], filters: str) -> tuple[
     return rows[:size], tokens.encode([last[k] for k in keyset], filters)
 
 
-async def list_series(conn: Connection, req: pb.ListSeriesRequest) -> pb.ListSeriesResponse:
-    size = tokens.page_size(req.page_size, 100, 1000)
+class _Where:
+    """The WHERE clause of a list query, built filter by filter with its parameters."""
+
+    def __init__(self, page_size: int) -> None:
+        self.clauses = ["TRUE"]
+        self.params: dict[str, Any] = {"limit": page_size + 1}
+
+    def add(self, clause: str, name: str, value: object) -> None:
+        """`clause` (with %(name)s) when value is given: "", None and 0 mean no filter."""
+        if value:
+            self.clauses.append(clause)
+            self.params[name] = value
+
+    def study_dates(self, first: str, last: str) -> None:
+        dates = request_fields.date_range(first, last, ("study_date_from", "study_date_to"))
+        self.add("st.study_date >= %(date_from)s", "date_from", dates[0])
+        self.add("st.study_date <= %(date_to)s", "date_to", dates[1])
+
+    def before_id(self, column: str, after: list[Any] | None) -> None:
+        """Keyset paging on the surrogate id, newest first."""
+        if after is not None:
+            self.add(f"{column} < %(after_id)s", "after_id", int(after[0]))
+
+    def sql(self, select: str, order_column: str) -> str:
+        where = " AND ".join(self.clauses)
+        return f"{select} WHERE {where} ORDER BY {order_column} DESC LIMIT %(limit)s"
+
+
+_ListRequest = pb.ListSeriesRequest | pb.ListStudiesRequest | pb.ListPatientsRequest
+
+
+async def _listed(
+    conn: Connection, req: _ListRequest, where: _Where, select: str, order_column: str
+) -> tuple[list[Row], str]:
+    """One page of a list query, newest first, and the token for the next."""
+    size = where.params["limit"] - 1
     filters = tokens.fingerprint(req)
-    after = tokens.decode(req.page_token, filters, 1)
-    where: list[str] = ["TRUE"]
-    params: dict[str, Any] = {"limit": size + 1}
-    if req.patient_id:
-        where.append("s.patient_fk IN (SELECT id FROM patients WHERE patient_id = %(pid)s)")
-        params["pid"] = _text_filter(req.patient_id, "patient_id")
-    if req.study_instance_uid:
-        where.append("s.study_fk = (SELECT id FROM studies WHERE study_instance_uid = %(study)s)")
-        params["study"] = _text_filter(req.study_instance_uid, "study_instance_uid")
-    if req.modality:
-        where.append("s.modality = %(modality)s")
-        params["modality"] = _text_filter(req.modality, "modality")
-    if req.status != pb.SERIES_STATUS_UNSPECIFIED:
-        if req.status not in STATUS_FROM_PB:
-            raise BadRequest("status", f"unknown status {req.status}")
-        where.append("s.status = %(status)s")
-        params["status"] = STATUS_FROM_PB[req.status]
-    date_from = _date_filter(req.study_date_from, "study_date_from")
-    date_to = _date_filter(req.study_date_to, "study_date_to")
-    if date_from:
-        where.append("st.study_date >= %(date_from)s")
-        params["date_from"] = date_from
-    if date_to:
-        where.append("st.study_date <= %(date_to)s")
-        params["date_to"] = date_to
-    after_t = _time_filter(req, "received_after")
-    before_t = _time_filter(req, "received_before")
-    if after_t:
-        where.append("s.last_received_at >= %(received_after)s")
-        params["received_after"] = after_t
-    if before_t:
-        where.append("s.last_received_at < %(received_before)s")
-        params["received_before"] = before_t
-    if after is not None:
-        where.append("s.id < %(after_id)s")
-        params["after_id"] = int(after[0])
-    rows = await _fetch(
-        conn,
-        SERIES_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY s.id DESC LIMIT %(limit)s",
-        params,
+    where.before_id(order_column, tokens.decode(req.page_token, filters, 1))
+    rows = await _fetch(conn, where.sql(select, order_column), where.params)
+    return _page(rows, size, ["id"], filters)
+
+
+async def list_series(conn: Connection, req: pb.ListSeriesRequest) -> pb.ListSeriesResponse:
+    where = _Where(tokens.page_size(req.page_size, 100, 1000))
+    where.add(
+        "s.patient_fk IN (SELECT id FROM patients WHERE patient_id = %(pid)s)",
+        "pid",
+        request_fields.text(req.patient_id, "patient_id"),
     )
-    page, token = _page(rows, size, ["id"], filters)
+    where.add(
+        "s.study_fk = (SELECT id FROM studies WHERE study_instance_uid = %(study)s)",
+        "study",
+        request_fields.uid(req.study_instance_uid, "study_instance_uid"),
+    )
+    where.add(
+        "s.modality = %(modality)s", "modality", request_fields.text(req.modality, "modality")
+    )
+    if req.status != pb.SERIES_STATUS_UNSPECIFIED and req.status not in STATUS_FROM_PB:
+        raise BadRequest("status", f"unknown status {req.status}")
+    where.add("s.status = %(status)s", "status", STATUS_FROM_PB.get(req.status))
+    where.study_dates(req.study_date_from, req.study_date_to)
+    received = request_fields.time_range(req, ("received_after", "received_before"))
+    where.add("s.last_received_at >= %(received_after)s", "received_after", received[0])
+    where.add("s.last_received_at < %(received_before)s", "received_before", received[1])
+    page, token = await _listed(conn, req, where, SERIES_SELECT, "s.id")
     return pb.ListSeriesResponse(series=[series_message(r) for r in page], next_page_token=token)
 
 
 async def get_series(conn: Connection, req: pb.GetSeriesRequest) -> pb.GetSeriesResponse:
-    uid = _required(req.series_instance_uid, "series_instance_uid")
+    uid = request_fields.uid(req.series_instance_uid, "series_instance_uid", required=True)
     size = tokens.page_size(req.page_size, 1000, 10000)
     filters = tokens.fingerprint(req)
     after = tokens.decode(req.page_token, filters, 2)
@@ -263,7 +258,7 @@ async def get_series(conn: Connection, req: pb.GetSeriesRequest) -> pb.GetSeries
 
 
 async def get_study(conn: Connection, req: pb.GetStudyRequest) -> pb.GetStudyResponse:
-    uid = _required(req.study_instance_uid, "study_instance_uid")
+    uid = request_fields.uid(req.study_instance_uid, "study_instance_uid", required=True)
     rows = await _fetch(conn, STUDY_SELECT + " WHERE st.study_instance_uid = %(uid)s", {"uid": uid})
     if not rows:
         raise NotFound(f"no study {uid!r} in the catalog")
@@ -280,60 +275,26 @@ async def get_study(conn: Connection, req: pb.GetStudyRequest) -> pb.GetStudyRes
 
 
 async def list_studies(conn: Connection, req: pb.ListStudiesRequest) -> pb.ListStudiesResponse:
-    size = tokens.page_size(req.page_size, 100, 1000)
-    filters = tokens.fingerprint(req)
-    after = tokens.decode(req.page_token, filters, 1)
-    where: list[str] = ["TRUE"]
-    params: dict[str, Any] = {"limit": size + 1}
-    if req.patient_id:
-        where.append("st.patient_fk IN (SELECT id FROM patients WHERE patient_id = %(pid)s)")
-        params["pid"] = _text_filter(req.patient_id, "patient_id")
-    if req.accession_number:
-        where.append("st.accession_number = %(acc)s")
-        params["acc"] = _text_filter(req.accession_number, "accession_number")
-    date_from = _date_filter(req.study_date_from, "study_date_from")
-    date_to = _date_filter(req.study_date_to, "study_date_to")
-    if date_from:
-        where.append("st.study_date >= %(date_from)s")
-        params["date_from"] = date_from
-    if date_to:
-        where.append("st.study_date <= %(date_to)s")
-        params["date_to"] = date_to
-    if after is not None:
-        where.append("st.id < %(after_id)s")
-        params["after_id"] = int(after[0])
-    rows = await _fetch(
-        conn,
-        STUDY_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY st.id DESC LIMIT %(limit)s",
-        params,
+    where = _Where(tokens.page_size(req.page_size, 100, 1000))
+    where.add(
+        "st.patient_fk IN (SELECT id FROM patients WHERE patient_id = %(pid)s)",
+        "pid",
+        request_fields.text(req.patient_id, "patient_id"),
     )
-    page, token = _page(rows, size, ["id"], filters)
+    where.add(
+        "st.accession_number = %(acc)s",
+        "acc",
+        request_fields.text(req.accession_number, "accession_number"),
+    )
+    where.study_dates(req.study_date_from, req.study_date_to)
+    page, token = await _listed(conn, req, where, STUDY_SELECT, "st.id")
     return pb.ListStudiesResponse(studies=[study_message(r) for r in page], next_page_token=token)
 
 
 async def list_patients(conn: Connection, req: pb.ListPatientsRequest) -> pb.ListPatientsResponse:
-    size = tokens.page_size(req.page_size, 100, 1000)
-    filters = tokens.fingerprint(req)
-    after = tokens.decode(req.page_token, filters, 1)
-    where: list[str] = ["TRUE"]
-    params: dict[str, Any] = {"limit": size + 1}
-    if req.patient_id:
-        where.append("p.patient_id = %(pid)s")
-        params["pid"] = _text_filter(req.patient_id, "patient_id")
-    if after is not None:
-        where.append("p.id < %(after_id)s")
-        params["after_id"] = int(after[0])
-    rows = await _fetch(
-        conn,
-        """SELECT p.id, p.patient_id, p.issuer_of_patient_id, p.patient_name,
-                  p.patient_birth_date, p.patient_sex, p.last_received_at,
-                  (SELECT count(*) FROM studies st WHERE st.patient_fk = p.id) AS num_studies
-           FROM patients p WHERE """
-        + " AND ".join(where)
-        + " ORDER BY p.id DESC LIMIT %(limit)s",
-        params,
-    )
-    page, token = _page(rows, size, ["id"], filters)
+    where = _Where(tokens.page_size(req.page_size, 100, 1000))
+    where.add("p.patient_id = %(pid)s", "pid", request_fields.text(req.patient_id, "patient_id"))
+    page, token = await _listed(conn, req, where, PATIENT_SELECT, "p.id")
     return pb.ListPatientsResponse(
         patients=[
             pb.Patient(

@@ -22,12 +22,18 @@ _VERSION = 1
 
 
 def fingerprint(request: Message, *ignored: str) -> str:
-    """A short hash of the request's fields other than paging ones."""
+    """A short hash of the request's type and its fields other than paging ones.
+
+    The type is part of it: ids of series, studies and patients are different keysets,
+    so ListSeries' token given to ListPatients must be refused, not read as a patient id.
+    """
     copy = type(request)()
     copy.CopyFrom(request)
     for name in ("page_token", "page_size", *ignored):
         copy.ClearField(name)
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()[:16]
+    digest = hashlib.sha256(request.DESCRIPTOR.full_name.encode())
+    digest.update(copy.SerializeToString(deterministic=True))
+    return digest.hexdigest()[:16]
 
 
 def encode(keyset: list[Any], filters: str) -> str:
@@ -52,7 +58,9 @@ def decode(token: str, filters: str, arity: int) -> list[Any] | None:
         )
     if payload.get("f") != filters:
         raise BadRequest(
-            "page_token", "was issued for different filters; repeat the same filters or start over"
+            "page_token",
+            "was issued for another request or different filters;"
+            " repeat the same call with the same filters, or start over without a token",
         )
     return list(keyset)
 

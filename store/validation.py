@@ -33,6 +33,32 @@ from seriesflow.v1 import series_store_pb2 as pb
 
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 UID_MAX_LENGTH: Final = 64
+# Text attributes copied as they are (NUL checked) into the catalog's columns of the same
+# name; store.ingest merges exactly these ("latest non-empty value wins").
+STUDY_TEXT: Final = (
+    "study_time",
+    "study_description",
+    "accession_number",
+    "study_id",
+    "referring_physician_name",
+)
+SERIES_TEXT: Final = (
+    "modality",
+    "series_description",
+    "body_part_examined",
+    "manufacturer",
+    "manufacturer_model_name",
+    "station_name",
+    "institution_name",
+    "series_time",
+    "protocol_name",
+)
+# series column -> Source field
+SOURCE_TEXT: Final = {
+    "source_ae_title": "calling_ae_title",
+    "called_ae_title": "called_ae_title",
+    "receiver_id": "receiver_id",
+}
 # Timestamp bounds PostgreSQL and Python both handle: 0001-01-01 .. 9999-12-31.
 _MIN_SECONDS: Final = -62135596800
 _MAX_SECONDS: Final = 253402300799
@@ -76,6 +102,9 @@ class Instances:
     transfer_syntax_uid: list[str] = field(default_factory=list)
     size_bytes: list[int] = field(default_factory=list)
     received_us: list[int] = field(default_factory=list)  # microseconds since 1970, UTC
+    # SOPInstanceUIDs the update listed more than once (collapsed here): duplicates too,
+    # counted so that the store's "duplicate" metric reconciles with what was received.
+    repeated: int = 0
 
     def __len__(self) -> int:
         return len(self.sop_instance_uid)
@@ -164,12 +193,17 @@ def _uid(value: str, name: str, *, required: bool) -> str:
         if required:
             raise InvalidUpdate(name, "is required and was empty")
         return ""
-    if len(value) > UID_MAX_LENGTH or not _UID.fullmatch(value):
+    if not is_uid(value):
         shown = value[:80].replace("\0", "\\0")
         raise InvalidUpdate(
             name, f"{shown!r} is not a DICOM UID (digits and dots, at most 64 characters)"
         )
     return value
+
+
+def is_uid(value: str) -> bool:
+    """DICOM UID syntax: digit groups separated by dots, at most 64 characters."""
+    return len(value) <= UID_MAX_LENGTH and _UID.fullmatch(value) is not None
 
 
 def parse_date(raw: str) -> dt.date | None:
@@ -241,39 +275,20 @@ def validate(update: pb.SeriesUpdate, *, received_at: float, max_instances: int)
     patient["patient_birth_date_raw"] = _text(p.patient_birth_date, "patient.patient_birth_date")
     patient["patient_birth_date"] = parse_date(p.patient_birth_date)
     study: dict[str, object] = {
-        name: _text(getattr(st, name), f"study.{name}")
-        for name in (
-            "study_time",
-            "study_description",
-            "accession_number",
-            "study_id",
-            "referring_physician_name",
-        )
+        name: _text(getattr(st, name), f"study.{name}") for name in STUDY_TEXT
     }
     study["study_instance_uid"] = study_uid
     study["study_date_raw"] = _text(st.study_date, "study.study_date")
     study["study_date"] = parse_date(st.study_date)
     series: dict[str, object] = {
-        name: _text(getattr(se, name), f"series.{name}")
-        for name in (
-            "modality",
-            "series_description",
-            "body_part_examined",
-            "manufacturer",
-            "manufacturer_model_name",
-            "station_name",
-            "institution_name",
-            "series_time",
-            "protocol_name",
-        )
+        name: _text(getattr(se, name), f"series.{name}") for name in SERIES_TEXT
     }
     series["series_instance_uid"] = series_uid
     series["series_number"] = se.series_number if se.HasField("series_number") else None
     series["series_date_raw"] = _text(se.series_date, "series.series_date")
     series["series_date"] = parse_date(se.series_date)
-    series["source_ae_title"] = _text(src.calling_ae_title, "source.calling_ae_title")
-    series["called_ae_title"] = _text(src.called_ae_title, "source.called_ae_title")
-    series["receiver_id"] = _text(src.receiver_id, "source.receiver_id")
+    for column, name in SOURCE_TEXT.items():
+        series[column] = _text(getattr(src, name), f"source.{name}")
     fallbacks = sorted(
         {_text(f, "text_decoding_fallbacks") for f in update.text_decoding_fallbacks if f}
     )
@@ -305,6 +320,7 @@ def _instances(update: pb.SeriesUpdate, *, now_us: int) -> Instances:
         if len(sop) > UID_MAX_LENGTH or not uid_match(sop):
             _uid(sop, f"instances[{index}].sop_instance_uid", required=True)
         if sop in seen:
+            out.repeated += 1
             continue
         seen.add(sop)
         sop_class, syntax = inst.sop_class_uid, inst.transfer_syntax_uid

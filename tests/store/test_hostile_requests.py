@@ -1,0 +1,117 @@
+"""Requests a hurried or hostile client sends: each gets INVALID_ARGUMENT naming the field,
+with a short message, before any query runs; and counts that must reconcile do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from seriesflow.v1 import series_store_pb2 as pb
+from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
+
+from .conftest import StoreThread, make_update, send, ts, uid
+
+MEGABYTE = "x" * 1_000_000
+
+
+@pytest.fixture(scope="module")
+def stub(shared_store: StoreThread) -> pb_grpc.SeriesStoreStub:
+    """A store holding two series of one patient (so every list has a second page)."""
+    channel = shared_store.channel()
+    for _ in range(2):
+        series = uid()
+        send(channel, [make_update(series, [f"{series}.1"], study_uid=uid())])
+    return pb_grpc.SeriesStoreStub(channel)
+
+
+def _refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "field"),
+    [
+        (
+            "ListSeries",
+            pb.ListSeriesRequest(study_date_from="20260101", study_date_to="20200101"),
+            "study_date_to",
+        ),
+        (
+            "ListStudies",
+            pb.ListStudiesRequest(study_date_from="2026-01-01", study_date_to="2020-01-01"),
+            "study_date_to",
+        ),
+        (
+            "ListSeries",
+            pb.ListSeriesRequest(
+                received_after=ts(1_800_000_000), received_before=ts(1_700_000_000)
+            ),
+            "received_before",
+        ),
+        ("ListSeries", pb.ListSeriesRequest(patient_id=MEGABYTE), "patient_id"),
+        ("ListSeries", pb.ListSeriesRequest(modality=MEGABYTE), "modality"),
+        ("ListSeries", pb.ListSeriesRequest(study_instance_uid=MEGABYTE), "study_instance_uid"),
+        ("ListStudies", pb.ListStudiesRequest(accession_number=MEGABYTE), "accession_number"),
+        ("ListPatients", pb.ListPatientsRequest(patient_id=MEGABYTE), "patient_id"),
+        ("GetSeries", pb.GetSeriesRequest(series_instance_uid=MEGABYTE), "series_instance_uid"),
+        ("GetStudy", pb.GetStudyRequest(study_instance_uid="1.2" * 300_000), "study_instance_uid"),
+        (
+            "GetAttributes",
+            pb.GetAttributesRequest(series_instance_uid=MEGABYTE, attributes=["PatientName"]),
+            "series_instance_uid",
+        ),
+        ("GetSeries", pb.GetSeriesRequest(series_instance_uid=" 1.2.3 "), "series_instance_uid"),
+        ("GetStudy", pb.GetStudyRequest(study_instance_uid="1.2.3\x00"), "study_instance_uid"),
+    ],
+)
+def test_impossible_filters_are_invalid_argument_with_a_short_message(
+    stub: pb_grpc.SeriesStoreStub, method: str, request_: object, field: str
+) -> None:
+    code, details = _refusal(lambda: getattr(stub, method)(request_))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith(f"{field}: ")
+    assert len(details) < 300  # a 1 MB value is not echoed back
+
+
+def test_inverted_date_range_message_says_how_to_fix_it(stub: pb_grpc.SeriesStoreStub) -> None:
+    request_ = pb.ListSeriesRequest(study_date_from="20260101", study_date_to="20200101")
+    _, details = _refusal(lambda: stub.ListSeries(request_))
+    assert "2020-01-01" in details and "study_date_from 2026-01-01" in details
+    assert "swap" in details
+
+
+def test_equal_date_bounds_are_one_day_not_an_error(stub: pb_grpc.SeriesStoreStub) -> None:
+    reply = stub.ListSeries(
+        pb.ListSeriesRequest(study_date_from="20240131", study_date_to="2024-01-31")
+    )
+    assert len(reply.series) == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "request_type"),
+    [("ListStudies", pb.ListStudiesRequest), ("ListPatients", pb.ListPatientsRequest)],
+)
+def test_a_list_series_page_token_is_refused_by_other_lists(
+    stub: pb_grpc.SeriesStoreStub, method: str, request_type: type
+) -> None:
+    token = stub.ListSeries(pb.ListSeriesRequest(page_size=1)).next_page_token
+    assert token
+    code, details = _refusal(lambda: getattr(stub, method)(request_type(page_token=token)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("page_token: ") and "another request" in details
+
+
+def test_an_instance_listed_twice_in_one_update_counts_as_a_duplicate(
+    running_store: StoreThread,
+) -> None:
+    series = uid()
+    sops = [f"{series}.1", f"{series}.2", f"{series}.1", f"{series}.1"]
+    [ack] = send(running_store.channel(), [make_update(series, sops)])
+    assert ack.ok and ack.num_instances == 2
+    metrics = running_store.metrics_text()
+    assert 'seriesflow_store_instances_total{result="new"} 2.0' in metrics
+    assert 'seriesflow_store_instances_total{result="duplicate"} 2.0' in metrics
