@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import sys
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
@@ -61,6 +64,9 @@ class DicomFile:
     path: Path
     sop_class_uid: str
     transfer_syntax_uid: str
+    # A bare dataset without the Part 10 header (preamble, DICM, file meta), as older
+    # archives and some modalities write them; dcmtk's storescu sends these too.
+    bare: bool = False
 
 
 @dataclass
@@ -93,13 +99,26 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
+# (implicit VR, little endian) as pydicom detects a bare dataset -> its transfer syntax
+_BARE_SYNTAXES = {
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
+
+
 def probe(path: Path) -> DicomFile | str:
     """The file's SOP class and transfer syntax, or why it cannot be sent."""
     try:
-        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+        with warnings.catch_warnings():
+            # pydicom warns about odd files it still reads; the summary reports what matters
+            warnings.simplefilter("ignore")
+            meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
     except FileNotFoundError:
         return "no such file"
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+    except InvalidDicomError:
+        return _probe_bare(path)
+    except (OSError, ValueError, EOFError) as exc:
         return f"not a DICOM file ({exc.__class__.__name__})"
     sop_class = meta.get("MediaStorageSOPClassUID")
     syntax = meta.get("TransferSyntaxUID")
@@ -108,6 +127,26 @@ def probe(path: Path) -> DicomFile | str:
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         return "a DICOMDIR, not an instance"
     return DicomFile(path, str(sop_class), str(syntax))
+
+
+def _probe_bare(path: Path) -> DicomFile | str:
+    """A file without the DICOM file header: a bare dataset if it names its instance."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(
+                path,
+                force=True,
+                stop_before_pixels=True,
+                specific_tags=["SOPClassUID", "SOPInstanceUID"],
+            )
+        sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
+        syntax = _BARE_SYNTAXES.get(ds.original_encoding)  # type: ignore[arg-type]
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        return f"not a DICOM file ({exc.__class__.__name__})"
+    if not sop_class or not sop_instance or syntax is None:
+        return "not a DICOM file (no file header, no SOP UIDs)"
+    return DicomFile(path, str(sop_class), str(syntax), bare=True)
 
 
 def _batches(files: Sequence[DicomFile]) -> Iterator[list[DicomFile]]:
@@ -156,8 +195,8 @@ def _send_batch(
 
 def _send_one(assoc: Any, f: DicomFile, report: SendReport) -> None:
     try:
-        status = assoc.send_c_store(f.path)
-    except (ValueError, AttributeError, OSError) as exc:
+        status = assoc.send_c_store(_bare_dataset(f) if f.bare else f.path)
+    except (InvalidDicomError, ValueError, AttributeError, KeyError, OSError) as exc:
         report.record(f.path, "Failure", f"not sent: {exc}")
         return
     if "Status" not in status:
@@ -167,6 +206,17 @@ def _send_one(assoc: Any, f: DicomFile, report: SendReport) -> None:
     category = code_to_category(code)
     comment = status.get("ErrorComment", "")
     report.record(f.path, category, f"status 0x{code:04X} {category} {comment}".strip())
+
+
+def _bare_dataset(f: DicomFile) -> Dataset:
+    """A bare dataset with the file meta pynetdicom needs to send it in its own syntax
+    (chunked sending reads that from a file header, which these files lack)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(f.path, force=True)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(f.transfer_syntax_uid)
+    return ds
 
 
 def send(config: SenderConfig, paths: Sequence[Path], *, out: TextIO = sys.stdout) -> int:
@@ -203,16 +253,19 @@ def _print_summary(report: SendReport, total: int, out: TextIO) -> None:
 
     statuses = ", ".join(f"{n} {cat.lower()}" for cat, n in sorted(report.statuses.items()))
     say(f"sent {report.sent} of {total} DICOM files ({statuses or 'none sent'})")
+
+    def listing(lines: list[str]) -> None:
+        for line in lines[:20]:
+            say(f"  {line}")
+        if len(lines) > 20:
+            say(f"  ... and {len(lines) - 20} more")
+
     if report.skipped:
         say(f"skipped {len(report.skipped)} files that are not DICOM instances:")
-        for line in report.skipped[:20]:
-            say(f"  {line}")
+        listing(report.skipped)
     if report.failures:
         say(f"{len(report.failures)} files failed:")
-        for line in report.failures[:20]:
-            say(f"  {line}")
-        if len(report.failures) > 20:
-            say(f"  ... and {len(report.failures) - 20} more")
+        listing(report.failures)
 
 
 def echo(config: SenderConfig, *, out: TextIO = sys.stdout) -> int:
