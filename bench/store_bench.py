@@ -36,7 +36,6 @@ from pathlib import Path
 import grpc
 import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from seriesflow.v1 import series_store_pb2 as pb  # noqa: E402
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc  # noqa: E402
-from store import migrate  # noqa: E402
+from store import migrate, probe  # noqa: E402
 
 ROOT_UID = "1.2.826.0.1.3680043.10.999"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -115,18 +114,10 @@ class Store:
             env=env,
         )
         self.address = f"127.0.0.1:{self.grpc_port}"
-        deadline = time.monotonic() + 60
-        with grpc.insecure_channel(self.address) as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise SystemExit("the store exited during start-up; see its log above")
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        return
-                except grpc.RpcError:
-                    time.sleep(0.1)
-        raise SystemExit("the store did not become SERVING within 60 s")
+        if not probe.wait_serving(self.address, lambda: self.proc.poll() is None, 60):
+            if self.proc.poll() is not None:
+                raise SystemExit("the store exited during start-up; see its log above")
+            raise SystemExit("the store did not become SERVING within 60 s")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -25,12 +25,9 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from types import FrameType
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from receiver.config import ReceiverConfig
 from seriesflow import settings
-from store import database, migrate
+from store import database, migrate, probe
 from store.config import StoreConfig
 
 _log = logging.getLogger(__name__)
@@ -98,17 +95,6 @@ class _Children:
                 process.wait()
 
 
-def _store_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1.0
-            )
-        except grpc.RpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 def _receiver_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:
@@ -166,7 +152,7 @@ def _supervise(
     receiver_host = _probe_host(receiver_config.listen_host)
     children.start("store")
     if not _wait_until(
-        lambda: _store_serving(f"{store_host}:{store_config.grpc_port}"), children, stopping
+        lambda: probe.serving(f"{store_host}:{store_config.grpc_port}"), children, stopping
     ):
         return 0 if stopping.is_set() else _report_failure(children, "store")
     children.start("receiver")

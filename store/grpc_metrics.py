@@ -7,9 +7,10 @@ interceptor wraps every method handler, including health and reflection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -57,6 +58,15 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any], error: BaseException |
     return "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
 
 
+# (request_streaming, response_streaming) -> the handler factory of that shape
+_HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, metrics: GrpcMetrics) -> None:
         self._m = metrics
@@ -70,58 +80,44 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        rpc_type = _TYPES[(handler.request_streaming, handler.response_streaming)]
-        labels = (service, method, rpc_type)
+        shape = (handler.request_streaming, handler.response_streaming)
+        labels = (service, method, _TYPES[shape])
         m = self._m
 
-        def finish(start: float, ctx: Any, error: BaseException | None) -> None:
-            m.handled.labels(*labels, _code_of(ctx, error)).inc()
-            m.seconds.labels(*labels).observe(time.perf_counter() - start)
+        @contextlib.contextmanager
+        def observed(context: Any) -> Iterator[None]:
+            m.started.labels(*labels).inc()
+            start, error = time.perf_counter(), None
+            try:
+                yield
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                m.handled.labels(*labels, _code_of(context, error)).inc()
+                m.seconds.labels(*labels).observe(time.perf_counter() - start)
 
         if handler.response_streaming:
             inner_stream = handler.stream_stream or handler.unary_stream
 
             async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-                m.started.labels(*labels).inc()
-                start, error = time.perf_counter(), None
-                try:
+                with observed(context):
                     result = inner_stream(request, context)
                     if inspect.isasyncgen(result):
                         async for item in result:
                             yield item
                     else:  # a handler that writes with context.write() and returns None
                         await result
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    finish(start, context, error)
 
-            if handler.request_streaming:
-                return grpc.stream_stream_rpc_method_handler(
-                    streaming, handler.request_deserializer, handler.response_serializer
-                )
-            return grpc.unary_stream_rpc_method_handler(
-                streaming, handler.request_deserializer, handler.response_serializer
-            )
+            behaviour: Callable[..., Any] = streaming
+        else:
+            inner = handler.unary_unary or handler.stream_unary
 
-        inner = handler.unary_unary or handler.stream_unary
+            async def unary(request: Any, context: Any) -> Any:
+                with observed(context):
+                    return await inner(request, context)
 
-        async def unary(request: Any, context: Any) -> Any:
-            m.started.labels(*labels).inc()
-            start, error = time.perf_counter(), None
-            try:
-                return await inner(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                finish(start, context, error)
-
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            unary, handler.request_deserializer, handler.response_serializer
+            behaviour = unary
+        return _HANDLERS[shape](
+            behaviour, handler.request_deserializer, handler.response_serializer
         )

@@ -122,8 +122,9 @@ async def _copy(conn: Connection, pending: list[_Rows]) -> None:
 def _binary_rows(pending: list[_Rows]) -> bytes:
     """The rows as one binary COPY payload, packed with struct (no per-value adapters)."""
     parts = [_SIGNATURE]
-    structs: dict[tuple[int, int, int, bool], struct.Struct] = {}
+    structs: dict[tuple[int, int, int, int], struct.Struct] = {}
     encoded: dict[str, bytes] = {}  # SOP class and transfer syntax UIDs repeat
+    numbers: dict[int | None, bytes] = {}  # and so do instance numbers
     for rows in pending:
         inst = rows.update.instances
         fk = rows.series_id
@@ -139,54 +140,23 @@ def _binary_rows(pending: list[_Rows]) -> bytes:
             sop_b = sop.encode()
             cls_b = encoded.get(cls) or encoded.setdefault(cls, cls.encode())
             syn_b = encoded.get(syntax) or encoded.setdefault(syntax, syntax.encode())
-            key = (len(sop_b), len(cls_b), len(syn_b), number is None)
+            num_b = numbers.get(number) or numbers.setdefault(number, _int4_field(number))
+            key = (len(sop_b), len(cls_b), len(num_b), len(syn_b))
             packer = structs.get(key) or structs.setdefault(key, _row_struct(*key))
-            if number is None:
-                parts.append(
-                    packer.pack(
-                        7,
-                        key[0],
-                        sop_b,
-                        8,
-                        fk,
-                        key[1],
-                        cls_b,
-                        -1,
-                        key[2],
-                        syn_b,
-                        8,
-                        size,
-                        8,
-                        us - _PG_EPOCH_US,
-                    )
-                )
-            else:
-                parts.append(
-                    packer.pack(
-                        7,
-                        key[0],
-                        sop_b,
-                        8,
-                        fk,
-                        key[1],
-                        cls_b,
-                        4,
-                        number,
-                        key[2],
-                        syn_b,
-                        8,
-                        size,
-                        8,
-                        us - _PG_EPOCH_US,
-                    )
-                )
+            fields = (7, key[0], sop_b, 8, fk, key[1], cls_b, num_b, key[3], syn_b)
+            parts.append(packer.pack(*fields, 8, size, 8, us - _PG_EPOCH_US))
     parts.append(_TRAILER)
     return b"".join(parts)
 
 
-def _row_struct(sop: int, cls: int, syntax: int, no_number: bool) -> struct.Struct:
-    number = "i" if no_number else "ii"  # NULL is length -1 with no bytes
-    return struct.Struct(f">hi{sop}siqi{cls}s{number}i{syntax}siqiq")
+def _int4_field(value: int | None) -> bytes:
+    """An int4 field: its length and value, or NULL (length -1, no bytes)."""
+    return struct.pack(">i", -1) if value is None else struct.pack(">ii", 4, value)
+
+
+def _row_struct(sop: int, cls: int, number: int, syntax: int) -> struct.Struct:
+    # field count, then (length, bytes) per field; the int4 field comes pre-packed
+    return struct.Struct(f">hi{sop}siqi{cls}s{number}si{syntax}siqiq")
 
 
 async def _insert_racing(

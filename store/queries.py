@@ -159,6 +159,14 @@ class _Where:
             self.clauses.append(clause)
             self.params[name] = value
 
+    def patient(self, alias: str, patient_id: str) -> None:
+        """Rows of `alias` (a table with patient_fk) belonging to a PatientID."""
+        self.add(
+            f"{alias}.patient_fk IN (SELECT id FROM patients WHERE patient_id = %(pid)s)",
+            "pid",
+            request_fields.text(patient_id, "patient_id"),
+        )
+
     def study_dates(self, first: str, last: str) -> None:
         dates = request_fields.date_range(first, last, ("study_date_from", "study_date_to"))
         self.add("st.study_date >= %(date_from)s", "date_from", dates[0])
@@ -190,11 +198,7 @@ async def _listed(
 
 async def list_series(conn: Connection, req: pb.ListSeriesRequest) -> pb.ListSeriesResponse:
     where = _Where(tokens.page_size(req.page_size, 100, 1000))
-    where.add(
-        "s.patient_fk IN (SELECT id FROM patients WHERE patient_id = %(pid)s)",
-        "pid",
-        request_fields.text(req.patient_id, "patient_id"),
-    )
+    where.patient("s", req.patient_id)
     where.add(
         "s.study_fk = (SELECT id FROM studies WHERE study_instance_uid = %(study)s)",
         "study",
@@ -276,11 +280,7 @@ async def get_study(conn: Connection, req: pb.GetStudyRequest) -> pb.GetStudyRes
 
 async def list_studies(conn: Connection, req: pb.ListStudiesRequest) -> pb.ListStudiesResponse:
     where = _Where(tokens.page_size(req.page_size, 100, 1000))
-    where.add(
-        "st.patient_fk IN (SELECT id FROM patients WHERE patient_id = %(pid)s)",
-        "pid",
-        request_fields.text(req.patient_id, "patient_id"),
-    )
+    where.patient("st", req.patient_id)
     where.add(
         "st.accession_number = %(acc)s",
         "acc",

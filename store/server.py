@@ -32,7 +32,7 @@ from store.grpc_metrics import GrpcMetrics, MetricsInterceptor
 from store.metrics import StoreMetrics
 from store.migrate import require_head
 from store.servicer import SERVICE_NAME, SeriesStoreServicer, generic_handler
-from store.stream import Limits
+from store.stream import Limits, Shared
 
 _log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
         config.stream_max_inflight,
     )
     server.add_generic_rpc_handlers(
-        (generic_handler(SeriesStoreServicer(db, metrics, limits, draining)),)
+        (generic_handler(SeriesStoreServicer(Shared(db, metrics, limits, draining))),)
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -7,7 +7,6 @@ is answered with an INVALID ack and the stream goes on; a bad query is INVALID_A
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from google.protobuf.message import DecodeError, Message
 
 from seriesflow.v1 import series_store_pb2 as pb
 from store import attributes, queries
-from store.database import Connection, Database
+from store.database import Connection
 from store.errors import (
     BadRequest,
     DatabaseFault,
@@ -29,8 +28,7 @@ from store.errors import (
     SchemaNotAtHead,
     StoreError,
 )
-from store.metrics import StoreMetrics
-from store.stream import Limits, StreamSession
+from store.stream import Shared, StreamSession
 from store.validation import decode_update
 
 _log = logging.getLogger(__name__)
@@ -62,19 +60,14 @@ class UndecodableRequest:
 class SeriesStoreServicer:
     """StoreSeries plus the query RPCs; dependencies come in through the constructor."""
 
-    def __init__(
-        self, db: Database, metrics: StoreMetrics, limits: Limits, draining: asyncio.Event
-    ) -> None:
-        self._db = db
-        self._metrics = metrics
-        self._limits = limits
-        self._draining = draining
+    def __init__(self, shared: Shared) -> None:
+        self._shared = shared
+        self._db = shared.db
 
     def StoreSeries(
         self, requests: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[pb.SeriesAck]:
-        session = StreamSession(self._db, self._metrics, self._limits, self._draining)
-        return session.run(requests, context)
+        return StreamSession(self._shared).run(requests, context)
 
     async def _query(
         self, fn: Callable[[Connection, Any], Awaitable[Message]], request: Any, context: Context

@@ -53,6 +53,16 @@ class Limits:
     max_inflight: int = 2
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What the servicer hands every StoreSeries stream (and uses itself for queries)."""
+
+    db: Database
+    metrics: StoreMetrics
+    limits: Limits
+    draining: asyncio.Event  # set at SIGTERM: no new streams, open ones wind down
+
+
 @dataclass
 class _Rejected:
     update_id: str
@@ -73,13 +83,11 @@ _END = object()
 class StreamSession:
     """Serves one StoreSeries call; `run` is the handler's async generator of acks."""
 
-    def __init__(
-        self, db: Database, metrics: StoreMetrics, limits: Limits, draining: asyncio.Event
-    ) -> None:
-        self._db = db
-        self._metrics = metrics
-        self._limits = limits
-        self._draining = draining
+    def __init__(self, shared: Shared) -> None:
+        self._db = shared.db
+        self._metrics = shared.metrics
+        self._limits = limits = shared.limits
+        self._draining = shared.draining
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * limits.batch_max_updates)
         # Also bound what is buffered by instances, not only by updates: a few huge updates
         # must not pile up in memory while the database is slow.

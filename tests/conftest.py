@@ -76,19 +76,26 @@ def postgres_server_url() -> Iterator[str]:
             embedded.stop()
 
 
-@pytest.fixture
-def database_url(postgres_server_url: str) -> Iterator[str]:
-    """URL of a brand-new empty database, dropped after the test."""
+@contextlib.contextmanager
+def new_database(server_url: str) -> Iterator[str]:
+    """URL of a brand-new empty database on the server, dropped on exit."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+    with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(postgres_server_url)
+    params = conninfo_to_dict(server_url)
     params["dbname"] = name
     try:
         yield make_conninfo(**params)
     finally:
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """URL of a brand-new empty database, dropped after the test."""
+    with new_database(postgres_server_url) as url:
+        yield url
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,11 +24,12 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from conftest import new_database
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
-from store import migrate
+from store import migrate, probe
 from store.config import StoreConfig
 from store.server import RunningStore, start
 
@@ -161,20 +161,9 @@ def running_store(migrated_url: str) -> Iterator[StoreThread]:
 @contextlib.contextmanager
 def fresh_database(server_url: str) -> Iterator[str]:
     """A new database migrated to head on the test server, dropped afterwards."""
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(server_url)
-    params["dbname"] = name
-    url = make_conninfo(**params)
-    try:
+    with new_database(server_url) as url:
         migrate.upgrade(url)
         yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -227,22 +216,10 @@ class StoreProcess:
         self.wait_serving()
 
     def wait_serving(self, timeout: float = 30) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"store exited early: {self.proc.communicate()}")
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        raise AssertionError("store did not become SERVING in time")
+        if not probe.wait_serving(self.address, lambda: self.proc.poll() is None, timeout):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"store exited early: {self.proc.communicate()}")
+            raise AssertionError("store did not become SERVING in time")
 
     def terminate(self, timeout: float = 30) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
