@@ -223,6 +223,11 @@ def send(config: SenderConfig, paths: Sequence[Path], *, out: TextIO = sys.stdou
     """Send every DICOM file under `paths`; print a summary; 0 when nothing failed."""
     from tqdm import tqdm
 
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        print(f"no such file or folder: {', '.join(missing)}; nothing was sent", file=out)
+        return 2
+    _quiet_pynetdicom()
     # Stream each file's bytes as they are on disk instead of decoding and re-encoding.
     _config.STORE_SEND_CHUNKED_DATASET = True
     report = SendReport()
@@ -244,7 +249,17 @@ def send(config: SenderConfig, paths: Sequence[Path], *, out: TextIO = sys.stdou
         for done in [pool.submit(_send_batch, config, b, report, bar.update) for b in batches]:
             done.result()
     _print_summary(report, len(files), out)
+    if not files:
+        print("nothing to send: no DICOM instances found under the given paths", file=out)
+        return 1
     return 1 if report.failed else 0
+
+
+def _quiet_pynetdicom() -> None:
+    """pynetdicom logs every refused connection or rejected association at ERROR; the
+    summary already says what failed, per file. Left as is when debugging."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
 def _print_summary(report: SendReport, total: int, out: TextIO) -> None:
@@ -270,6 +285,7 @@ def _print_summary(report: SendReport, total: int, out: TextIO) -> None:
 
 def echo(config: SenderConfig, *, out: TextIO = sys.stdout) -> int:
     """C-ECHO the receiver; 0 when it answers Success."""
+    _quiet_pynetdicom()
     ae = AE(ae_title=config.calling_ae_title)
     ae.dimse_timeout = config.dimse_timeout
     ae.add_requested_context(Verification)

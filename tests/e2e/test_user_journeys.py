@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import require_tool
+from conftest import free_port, require_tool
 from dicom_files import WrittenSeries, ct_instance, write_study
 from pydicom import dcmwrite
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
@@ -142,3 +142,31 @@ def test_send_a_mixed_folder_twice_then_check_counts_metrics_and_privacy(
     for secret in (PATIENT_ID, "Privatperson", "Doe^Jane"):
         assert secret not in logs
         assert secret not in store_metrics and secret not in receiver_metrics
+
+
+def test_send_of_a_mistyped_path_fails_naming_it(tmp_path: Path) -> None:
+    write_study(tmp_path / "real", [1])
+    scp = RecordingScp()
+    try:
+        result = seriesflow(
+            "send", str(tmp_path / "real"), str(tmp_path / "typo"), "--port", str(scp.port)
+        )
+    finally:
+        scp.stop()
+    assert result.returncode == 2
+    assert f"no such file or folder: {tmp_path / 'typo'}" in result.stdout
+    assert scp.received == {}  # nothing half-sent
+
+
+def test_send_of_a_folder_without_dicom_fails(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    result = seriesflow("send", str(tmp_path), "--port", "1")
+    assert result.returncode == 1
+    assert "nothing to send" in result.stdout
+
+
+def test_echo_to_a_closed_port_prints_one_line_not_library_logs() -> None:
+    result = seriesflow("echo", "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "no association" in result.stdout
+    assert "pynetdicom" not in result.stderr
