@@ -42,6 +42,7 @@ def configure(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # pynetdicom logs every PDU and identifiers at INFO/DEBUG, pgserver every command it
-    # runs: keep both to problems only.
-    for chatty in ("pynetdicom", "pgserver"):
+    # runs, alembic each built-in plugin it sets up ("setup plugin ...", every start):
+    # keep them to problems only. Alembic's revision lines ("Running upgrade") stay.
+    for chatty in ("pynetdicom", "pgserver", "alembic.runtime.plugins"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

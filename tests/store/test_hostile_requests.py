@@ -3,6 +3,9 @@ with a short message, before any query runs; and counts that must reconcile do."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import grpc
@@ -115,3 +118,16 @@ def test_an_instance_listed_twice_in_one_update_counts_as_a_duplicate(
     metrics = running_store.metrics_text()
     assert 'seriesflow_store_instances_total{result="new"} 2.0' in metrics
     assert 'seriesflow_store_instances_total{result="duplicate"} 2.0' in metrics
+
+
+def test_migrating_logs_revisions_but_not_alembic_plugin_chatter(database_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "seriesflow", "migrate", "--database-url", database_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SERIESFLOW_LOG_LEVEL": "INFO"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Running upgrade" in result.stderr
+    assert "setup plugin" not in result.stderr
