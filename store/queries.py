@@ -191,7 +191,7 @@ async def _listed(
     """One page of a list query, newest first, and the token for the next."""
     size = where.params["limit"] - 1
     filters = tokens.fingerprint(req)
-    where.before_id(order_column, tokens.decode(req.page_token, filters, 1))
+    where.before_id(order_column, tokens.decode(req.page_token, filters, (int,)))
     rows = await _fetch(conn, where.sql(select, order_column), where.params)
     return _page(rows, size, ["id"], filters)
 
@@ -222,7 +222,7 @@ async def get_series(conn: Connection, req: pb.GetSeriesRequest) -> pb.GetSeries
     uid = request_fields.uid(req.series_instance_uid, "series_instance_uid", required=True)
     size = tokens.page_size(req.page_size, 1000, 10000)
     filters = tokens.fingerprint(req)
-    after = tokens.decode(req.page_token, filters, 2)
+    after = tokens.decode(req.page_token, filters, (int, str))
     rows = await _fetch(
         conn, SERIES_SELECT + " WHERE s.series_instance_uid = %(uid)s", {"uid": uid}
     )

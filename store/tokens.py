@@ -41,16 +41,33 @@ def encode(keyset: list[Any], filters: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode(token: str, filters: str, arity: int) -> list[Any] | None:
-    """The keyset in `token`, None for an empty token; BadRequest if it is not ours."""
+# Keyset values are bigint ids/sort keys or text; anything else was not issued here.
+_BIGINT = range(-(2**63), 2**63)
+
+
+def _fits(value: object, kind: type) -> bool:
+    if kind is int:
+        return type(value) is int and value in _BIGINT
+    return type(value) is kind and "\0" not in str(value)
+
+
+def decode(token: str, filters: str, shape: tuple[type, ...]) -> list[Any] | None:
+    """The keyset in `token` (one value per type in `shape`), None for an empty token;
+    BadRequest if it is not ours (also a hand-edited one: it must never reach SQL as
+    anything but the types the query binds)."""
     if not token:
         return None
     try:
         padded = token + "=" * (-len(token) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
         keyset = payload["k"]
-        ok = payload.get("v") == _VERSION and isinstance(keyset, list) and len(keyset) == arity
-    except (ValueError, KeyError, TypeError, UnicodeEncodeError, binascii.Error):
+        ok = (
+            payload.get("v") == _VERSION
+            and isinstance(keyset, list)
+            and len(keyset) == len(shape)
+            and all(_fits(value, kind) for value, kind in zip(keyset, shape, strict=True))
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError, binascii.Error):
         ok = False
     if not ok:
         raise BadRequest(

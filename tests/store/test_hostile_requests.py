@@ -131,3 +131,39 @@ def test_migrating_logs_revisions_but_not_alembic_plugin_chatter(database_url: s
     assert result.returncode == 0, result.stderr
     assert "Running upgrade" in result.stderr
     assert "setup plugin" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("method", "request_type", "keyset"),
+    [
+        ("ListSeries", pb.ListSeriesRequest, ["abc"]),
+        ("ListSeries", pb.ListSeriesRequest, [2**70]),
+        ("ListSeries", pb.ListSeriesRequest, [1.5]),
+        ("ListPatients", pb.ListPatientsRequest, [None]),
+        ("ListStudies", pb.ListStudiesRequest, [{"a": 1}]),
+        ("ListStudies", pb.ListStudiesRequest, [True]),
+    ],
+)
+def test_a_hand_edited_page_token_is_invalid_argument_not_a_crash(
+    stub: pb_grpc.SeriesStoreStub, method: str, request_type: type, keyset: list
+) -> None:
+    from store import tokens
+
+    forged = tokens.encode(keyset, tokens.fingerprint(request_type()))
+    code, details = _refusal(lambda: getattr(stub, method)(request_type(page_token=forged)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("page_token: ")
+
+
+def test_a_hand_edited_get_series_token_is_invalid_argument(
+    stub: pb_grpc.SeriesStoreStub,
+) -> None:
+    from store import tokens
+
+    [series] = stub.ListSeries(pb.ListSeriesRequest(page_size=1)).series
+    request_ = pb.GetSeriesRequest(series_instance_uid=series.series_instance_uid)
+    forged = tokens.encode(["1", 5], tokens.fingerprint(request_))
+    request_.page_token = forged
+    code, details = _refusal(lambda: stub.GetSeries(request_))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("page_token: ")
