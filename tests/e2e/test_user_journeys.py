@@ -53,6 +53,16 @@ def _value(text: str, series: str) -> float:
     return float(match.group(1))
 
 
+def _send_to_scp(*paths: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """`seriesflow send PATHS` to a recording SCP: the result and what arrived."""
+    scp = RecordingScp()
+    try:
+        result = seriesflow("send", *map(str, paths), "--port", str(scp.port))
+    finally:
+        scp.stop()
+    return result, scp.received
+
+
 def _bare_series(folder: Path, *, implicit: bool = True, little: bool = True) -> WrittenSeries:
     """A one-instance series written as a bare dataset: no preamble, no DICM, no meta."""
     study, series, sop = generate_uid(), generate_uid(), generate_uid()
@@ -67,14 +77,10 @@ def _bare_series(folder: Path, *, implicit: bool = True, little: bool = True) ->
 def test_send_delivers_bare_datasets_in_their_own_syntax(tmp_path: Path) -> None:
     implicit = _bare_series(tmp_path, implicit=True, little=True)
     big = _bare_series(tmp_path, implicit=False, little=False)
-    scp = RecordingScp()
-    try:
-        result = seriesflow("send", str(tmp_path), "--port", str(scp.port))
-    finally:
-        scp.stop()
+    result, received = _send_to_scp(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sent 2 of 2 DICOM files (2 success)" in result.stdout
-    assert scp.received == {
+    assert received == {
         implicit.sop_instance_uids[0]: ImplicitVRLittleEndian,
         big.sop_instance_uids[0]: ExplicitVRBigEndian,
     }
@@ -84,11 +90,8 @@ def test_send_says_how_many_skipped_files_it_did_not_list(tmp_path: Path) -> Non
     for n in range(23):
         (tmp_path / f"note{n:02}.txt").write_text("not an image\n")
     write_study(tmp_path / "study", [1])
-    scp = RecordingScp()
-    try:
-        result = seriesflow("send", str(tmp_path), "--port", str(scp.port))
-    finally:
-        scp.stop()
+    result, received = _send_to_scp(tmp_path)
+    assert len(received) == 1
     assert result.returncode == 0, result.stdout + result.stderr
     assert "skipped 23 files" in result.stdout
     assert "... and 3 more" in result.stdout
@@ -146,16 +149,10 @@ def test_send_a_mixed_folder_twice_then_check_counts_metrics_and_privacy(
 
 def test_send_of_a_mistyped_path_fails_naming_it(tmp_path: Path) -> None:
     write_study(tmp_path / "real", [1])
-    scp = RecordingScp()
-    try:
-        result = seriesflow(
-            "send", str(tmp_path / "real"), str(tmp_path / "typo"), "--port", str(scp.port)
-        )
-    finally:
-        scp.stop()
+    result, received = _send_to_scp(tmp_path / "real", tmp_path / "typo")
     assert result.returncode == 2
     assert f"no such file or folder: {tmp_path / 'typo'}" in result.stdout
-    assert scp.received == {}  # nothing half-sent
+    assert received == {}  # nothing half-sent
 
 
 def test_send_of_a_folder_without_dicom_fails(tmp_path: Path) -> None:
