@@ -4,9 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from seriesflow import settings
 from seriesflow.settings import ConfigError, setting
+
+
+def database_url(value: str) -> str:
+    """A libpq URL or key=value string, checked by libpq's own parser at start rather than
+    at the first connection (the value is secret: the error never repeats it)."""
+    settings.non_empty_text(value)
+    parts = urlsplit(value)
+    libpq = value
+    if parts.scheme.startswith("postgresql+"):  # SQLAlchemy's form names a driver
+        libpq = urlunsplit(parts._replace(scheme="postgresql"))
+    try:
+        conninfo_to_dict(libpq)
+    except psycopg.ProgrammingError:
+        raise ValueError(
+            "is not a PostgreSQL connection URL;"
+            " expected e.g. postgresql://user:password@host:5432/seriesflow"
+        ) from None
+    return value
 
 
 @dataclass(frozen=True)
@@ -15,7 +37,7 @@ class StoreConfig:
 
     database_url: str | None = setting(
         None,
-        settings.non_empty_text,
+        database_url,
         "PostgreSQL URL (libpq form, e.g. postgresql://user:pass@host/seriesflow); "
         "unset starts an embedded PostgreSQL in data_dir/postgres",
         secret=True,
