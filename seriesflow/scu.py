@@ -176,9 +176,9 @@ def _send_batch(
     ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in pairs]
     assoc = ae.associate(config.host, config.dicom_port, ae_title=config.ae_title)
     if not assoc.is_established:
-        why = "association rejected" if assoc.is_rejected else "association failed or aborted"
+        kind, detail = _no_association(assoc, config)
         for f in batch:
-            report.record(f.path, "Failure", f"{why} by {config.host}:{config.dicom_port}")
+            report.record(f.path, "Failure", f"association {kind}: {detail}")
             advance(1)
         return
     try:
@@ -191,6 +191,21 @@ def _send_batch(
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _no_association(assoc: Any, config: SenderConfig) -> tuple[str, str]:
+    """Why the association did not come up ("rejected" or "failed"), and what to check."""
+    where = f"{config.host}:{config.dicom_port}"
+    if assoc.is_rejected:
+        return "rejected", (
+            f"{where} rejected it; check the called AE title ({config.ae_title}) and that"
+            f" the receiver accepts calling AE title {config.calling_ae_title}"
+        )
+    # pynetdicom reports a refused connection and an aborted negotiation alike
+    return "failed", (
+        f"nothing answered at {where} (refused, aborted or timed out);"
+        " is the receiver running, and is that its DICOM port?"
+    )
 
 
 def _send_one(assoc: Any, f: DicomFile, report: SendReport) -> None:
@@ -292,7 +307,7 @@ def echo(config: SenderConfig, *, out: TextIO = sys.stdout) -> int:
     target = f"{config.ae_title}@{config.host}:{config.dicom_port}"
     assoc = ae.associate(config.host, config.dicom_port, ae_title=config.ae_title)
     if not assoc.is_established:
-        print(f"C-ECHO {target}: no association (refused, rejected or timed out)", file=out)
+        print(f"C-ECHO {target}: no association: {_no_association(assoc, config)[1]}", file=out)
         return 1
     try:
         status = assoc.send_c_echo()

@@ -16,7 +16,14 @@ from pathlib import Path
 from conftest import free_port, require_tool
 from dicom_files import WrittenSeries, ct_instance, write_study
 from pydicom import dcmwrite
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from test_run import (
     _environment,
     expected_counts,
@@ -167,3 +174,22 @@ def test_echo_to_a_closed_port_prints_one_line_not_library_logs() -> None:
     assert result.returncode == 1
     assert "no association" in result.stdout
     assert "pynetdicom" not in result.stderr
+
+
+def test_echo_and_send_to_the_wrong_called_ae_say_what_to_check(tmp_path: Path) -> None:
+    ae = AE(ae_title="PACS")
+    ae.require_called_aet = True  # rejects associations addressed to another AE title
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(CTImageStorage)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        write_study(tmp_path, [1])
+        echo = seriesflow("echo", "--port", str(port), "--called-ae", "STORESCP")
+        sent = seriesflow("send", str(tmp_path), "--port", str(port), "--called-ae", "STORESCP")
+    finally:
+        server.shutdown()
+    assert echo.returncode == 1 and sent.returncode == 1
+    for output in (echo.stdout, sent.stdout):
+        assert f"localhost:{port} rejected it" in output
+        assert "called AE title (STORESCP)" in output
