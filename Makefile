@@ -11,8 +11,6 @@ PY := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 BENCH_ARGS ?=
-# pgserver looks for a runtime folder; many shells (CI, containers) have none.
-export XDG_RUNTIME_DIR ?= /tmp
 
 .PHONY: run test lint bench proto tools venv clean
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import warnings
 from pathlib import Path
 
-import pgserver
-import pgserver._commands
-import psycopg
+# pgserver asks platformdirs for a runtime folder at import; without XDG_RUNTIME_DIR (CI,
+# containers, cron) platformdirs warns and falls back to /tmp/runtime-UID, which is fine.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", module="platformdirs")
+
+import pgserver  # noqa: E402
+import pgserver._commands  # noqa: E402
+import psycopg  # noqa: E402
 
 _log = logging.getLogger(__name__)
 
