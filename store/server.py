@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -86,8 +87,25 @@ def _credentials(config: StoreConfig) -> grpc.ServerCredentials | None:
     )
 
 
+_HEALTH_NAMES = ("", SERVICE_NAME)
+
+
+class _Health(HealthServicer):  # type: ignore[misc]
+    """grpc's health servicer, whose NOT_FOUND for an unknown service name comes with no
+    message: here it names the services that have a status."""
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
+        if request.service not in _HEALTH_NAMES:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"service: no health status for {request.service[:80]!r};"
+                f' ask for "" (the whole store) or "{SERVICE_NAME}"',
+            )
+        return await super().Check(request, context)
+
+
 async def _set_health(health: HealthServicer, status: int) -> None:
-    for name in ("", SERVICE_NAME):
+    for name in _HEALTH_NAMES:
         await health.set(name, status)
 
 
@@ -141,7 +159,7 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
     server.add_generic_rpc_handlers(
         (generic_handler(SeriesStoreServicer(Shared(db, metrics, limits, draining))),)
     )
-    health = HealthServicer()
+    health = _Health()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable(
         server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)

@@ -167,3 +167,16 @@ def test_a_hand_edited_get_series_token_is_invalid_argument(
     code, details = _refusal(lambda: stub.GetSeries(request_))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("page_token: ")
+
+
+def test_health_check_of_an_unknown_service_names_the_known_ones(
+    shared_store: StoreThread,
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(shared_store.channel())
+    code, details = _refusal(
+        lambda: health.Check(health_pb2.HealthCheckRequest(service="SeriesStore"), timeout=5)
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "'SeriesStore'" in details and "seriesflow.v1.SeriesStore" in details
