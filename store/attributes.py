@@ -52,12 +52,16 @@ def _display(element: dict[str, Any]) -> str:
             return "<binary data>"
         return ""
     values = element["Value"]
+    # Any StoreSeries client can store a header: read a scalar where PS3.18 wants a list
+    # (and numbers where it wants text) rather than fail the request.
+    if not isinstance(values, list):
+        values = [values]
     if element.get("vr") == "SQ":
         return f"<sequence of {len(values)} item{'s' if len(values) != 1 else ''}>"
     parts = []
     for value in values:
         if isinstance(value, dict):  # PN: {"Alphabetic": ..., "Ideographic": ..., ...}
-            groups = [value.get(k, "") for k in ("Alphabetic", "Ideographic", "Phonetic")]
+            groups = [str(value.get(k) or "") for k in ("Alphabetic", "Ideographic", "Phonetic")]
             parts.append("=".join(groups).rstrip("="))
         elif value is None:
             parts.append("")

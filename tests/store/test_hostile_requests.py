@@ -3,6 +3,7 @@ with a short message, before any query runs; and counts that must reconcile do."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -180,3 +181,28 @@ def test_health_check_of_an_unknown_service_names_the_known_ones(
     )
     assert code == grpc.StatusCode.NOT_FOUND
     assert "'SeriesStore'" in details and "seriesflow.v1.SeriesStore" in details
+
+
+def test_get_attributes_answers_from_a_header_that_is_not_well_formed_dicom_json(
+    running_store: StoreThread,
+) -> None:
+    """Any StoreSeries client can store a header; a malformed one must not make reading it
+    an UNKNOWN error."""
+    series = uid()
+    header = {
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": 5}]},
+        "00080060": {"vr": "CS", "Value": "CT"},
+        "00081140": {"vr": "SQ", "Value": 3},
+        "00200013": {"vr": "IS", "Value": 7},
+    }
+    update = make_update(series, [f"{series}.1"], header=json.dumps(header))
+    [ack] = send(running_store.channel(), [update])
+    assert ack.ok
+    stub = pb_grpc.SeriesStoreStub(running_store.channel())
+    reply = stub.GetAttributes(
+        pb.GetAttributesRequest(
+            series_instance_uid=series,
+            attributes=["PatientName", "Modality", "ReferencedImageSequence", "InstanceNumber"],
+        )
+    )
+    assert [a.value for a in reply.attributes] == ["5", "CT", "<sequence of 1 item>", "7"]
