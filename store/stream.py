@@ -135,6 +135,21 @@ class StreamSession:
                         )
                     except InvalidUpdate as exc:
                         item = _Rejected(message.update_id, exc.field, exc.message, now)
+                    except Exception as exc:
+                        # A bug in validation, triggered by this message: it alone is
+                        # rejected (contract 4); the stream and the other updates go on.
+                        _log.error(
+                            "update could not be validated",
+                            extra={"fields": {"error": type(exc).__name__}},
+                            exc_info=True,
+                        )
+                        item = _Rejected(
+                            message.update_id,
+                            "",
+                            f"the store could not validate it ({type(exc).__name__});"
+                            " a store bug: see its log",
+                            now,
+                        )
                 while self._queued_instances >= 2 * self._limits.batch_max_instances:
                     self._room.clear()
                     await self._room.wait()

@@ -219,10 +219,20 @@ def parse_date(raw: str) -> dt.date | None:
         return None
 
 
+_HEADER = "representative_header_json"
+
+
 def _header(value: str) -> str | None:
     if not value:
         return None
-    name = "representative_header_json"
+    try:
+        return _canonical_header(value, _HEADER)
+    except RecursionError:
+        # json and the NUL scan recurse per level; real DICOM nests a few sequences deep
+        raise InvalidUpdate(_HEADER, "is nested too deeply to be a DICOM JSON dataset") from None
+
+
+def _canonical_header(value: str, name: str) -> str:
     try:
         parsed = json.loads(value)
     except ValueError as exc:

@@ -206,3 +206,21 @@ def test_get_attributes_answers_from_a_header_that_is_not_well_formed_dicom_json
         )
     )
     assert [a.value for a in reply.attributes] == ["5", "CT", "<sequence of 1 item>", "7"]
+
+
+def test_a_deeply_nested_header_is_rejected_alone_and_the_stream_goes_on(
+    running_store: StoreThread,
+) -> None:
+    deep, fine = uid(), uid()
+    nested = '{"00081140": {"vr": "SQ", "Value": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+    acks = send(
+        running_store.channel(),
+        [
+            make_update(deep, [f"{deep}.1"], update_id="deep", header=nested),
+            make_update(fine, [f"{fine}.1"], update_id="fine"),
+        ],
+    )
+    by_id = {a.update_id: a for a in acks}
+    assert not by_id["deep"].ok
+    assert by_id["deep"].error.field == "representative_header_json"
+    assert by_id["fine"].ok and by_id["fine"].num_instances == 1
