@@ -31,7 +31,14 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = (data_dir / "postgres").resolve()
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(
+                f"cannot create the data folder {self.pgdata.parent}"
+                f" ({exc.strerror or exc}); set SERIESFLOW_DATA_DIR (or --data-dir) to a"
+                " writable folder"
+            ) from exc
         # cleanup_mode=None: we stop it ourselves in stop(), not from an atexit hook that a
         # child process could trigger.
         self._server = pgserver.get_server(  # type: ignore[attr-defined]

@@ -126,7 +126,11 @@ def main(
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    url, stop_database = database.resolve_url(store_config)
+    try:
+        url, stop_database = database.resolve_url(store_config)
+    except Exception as exc:  # the embedded PostgreSQL: a folder, initdb, its start
+        _log.error("cannot start the embedded PostgreSQL", extra={"fields": {"error": str(exc)}})
+        return 1
     store_config = dataclasses.replace(store_config, database_url=url)
     children = _Children({**os.environ, **flags, settings.env_name("database_url"): url})
     try:

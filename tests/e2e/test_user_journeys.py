@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import free_port, require_tool
 from dicom_files import WrittenSeries, ct_instance, write_study
 from pydicom import dcmwrite
@@ -193,3 +194,25 @@ def test_echo_and_send_to_the_wrong_called_ae_say_what_to_check(tmp_path: Path) 
     for output in (echo.stdout, sent.stdout):
         assert f"localhost:{port} rejected it" in output
         assert "called AE title (STORESCP)" in output
+
+
+@pytest.mark.parametrize("command", ["run", "store"])
+def test_an_unusable_data_folder_stops_the_start_with_one_clear_line(
+    tmp_path: Path,
+    ports: dict[str, int],  # noqa: F811
+    command: str,
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    env = _environment(blocker / "data", ports)
+    result = subprocess.run(
+        [sys.executable, "-m", "seriesflow", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"cannot create the data folder {blocker / 'data'}" in result.stderr
+    assert "SERIESFLOW_DATA_DIR" in result.stderr
