@@ -8,6 +8,7 @@ a server still running from a killed earlier run).
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
 import warnings
@@ -39,6 +40,7 @@ class EmbeddedPostgres:
                 f" ({exc.strerror or exc}); set SERIESFLOW_DATA_DIR (or --data-dir) to a"
                 " writable folder"
             ) from exc
+        _claim(self.pgdata)
         # cleanup_mode=None: we stop it ourselves in stop(), not from an atexit hook that a
         # child process could trigger.
         self._server = pgserver.get_server(  # type: ignore[attr-defined]
@@ -59,7 +61,11 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the server cleanly (a fast shutdown: open sessions are rolled back)."""
         pg_ctl = pgserver._commands.pg_ctl  # type: ignore[attr-defined]
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+        if (self.pgdata / "postmaster.pid").exists():
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+        else:  # stopped behind our back (an operator, the OOM killer): nothing to stop
+            _log.warning("embedded PostgreSQL was not running at stop")
+        _release(self.pgdata)
         # pgserver caches one handle per folder and registers an exit hook for it; forget
         # both so a later start in this process gets a fresh handle.
         atexit.unregister(self._server._cleanup)
@@ -68,3 +74,33 @@ class EmbeddedPostgres:
             self.pgdata, None
         )
         _log.info("embedded PostgreSQL stopped")
+
+
+# pgdata -> the open lock file, for the folders this process owns. One owner per folder:
+# a second `seriesflow run` on the same data folder would otherwise share the first one's
+# PostgreSQL and, failing on its ports, stop it on the way out. The kernel drops the lock
+# when its process dies, so a server left running by a killed run is still reused.
+_OWNED: dict[Path, int] = {}
+
+
+def _claim(pgdata: Path) -> None:
+    if pgdata in _OWNED:  # this process already owns it (a restart in the same process)
+        return
+    lock = pgdata.parent / "postgres.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(
+            f"the data folder {pgdata.parent} is in use by another running seriesflow"
+            " (its embedded PostgreSQL); stop that one first, or set SERIESFLOW_DATA_DIR"
+            " (or --data-dir) to another folder"
+        ) from None
+    _OWNED[pgdata] = fd
+
+
+def _release(pgdata: Path) -> None:
+    fd = _OWNED.pop(pgdata, None)
+    if fd is not None:
+        os.close(fd)

@@ -5,6 +5,7 @@ check that no patient name or ID leaked into the logs or a metric label."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -216,3 +217,55 @@ def test_an_unusable_data_folder_stops_the_start_with_one_clear_line(
     assert "Traceback" not in result.stderr
     assert f"cannot create the data folder {blocker / 'data'}" in result.stderr
     assert "SERIESFLOW_DATA_DIR" in result.stderr
+
+
+def test_a_second_run_on_the_same_data_folder_is_refused_and_leaves_the_first_serving(
+    pg_tmp_path: Path,
+    ports: dict[str, int],  # noqa: F811
+) -> None:
+    grpcurl = require_tool("grpcurl")
+    data_dir = pg_tmp_path / "data"
+    first = start_service(data_dir, ports)
+    try:
+        # The same command again (same folder, same ports), as from a second terminal.
+        second = subprocess.run(
+            [sys.executable, "-m", "seriesflow", "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_environment(data_dir, ports),
+        )
+        assert second.returncode == 1
+        assert "is in use by another running seriesflow" in second.stderr
+        health = subprocess.run(
+            [grpcurl, "-plaintext", first.grpc_address, "grpc.health.v1.Health/Check"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert '"SERVING"' in health.stdout, health.stdout + health.stderr
+    finally:
+        code = stop_service(first, signal.SIGTERM)
+    assert code == 0, "".join(first.output)
+
+
+def test_run_stops_cleanly_when_its_postgresql_was_stopped_behind_its_back(
+    pg_tmp_path: Path,
+    ports: dict[str, int],  # noqa: F811
+) -> None:
+    data_dir = pg_tmp_path / "data"
+    service = start_service(data_dir, ports)
+    try:
+        pid_file = data_dir / "postgres" / "postmaster.pid"
+        postmaster = int(pid_file.read_text().split()[0])
+        os.kill(postmaster, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+        deadline = time.monotonic() + 30
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not pid_file.exists()
+    finally:
+        code = stop_service(service, signal.SIGTERM)
+    output = "".join(service.output)
+    assert "Traceback" not in output
+    assert "embedded PostgreSQL was not running at stop" in output
+    assert code == 0, output
