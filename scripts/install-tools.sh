@@ -41,6 +41,10 @@ if [ "${#missing_debs[@]}" -gt 0 ]; then
     if [ "$added_policy" -eq 1 ]; then as_root rm -f "$policy"; fi
 fi
 
+# Go may be installed without being on PATH (its tarball's default place).
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+    PATH="$PATH:/usr/local/go/bin"
+fi
 gobin="$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
 go_tool() {  # name module version
     if command -v "$1" >/dev/null 2>&1 || [ -x "$gobin/$1" ]; then return; fi
