@@ -15,8 +15,9 @@ import zlib
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydicom.charset import python_encoding
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.charset import convert_encodings, default_encoding, python_encoding
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
@@ -54,6 +55,38 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
+_TAGS: dict[str, int] = {}
+_SPECIFIC_CHARACTER_SET = 0x00080005
+
+
+def _get(dataset: Dataset, keyword: str, encodings: list[str] | None = None) -> Any:
+    """The value of `keyword` in `dataset`, or None.
+
+    The hot path of every instance: pydicom's own `dataset.get(keyword)` spends more time
+    on keyword lookups and tag comparisons than on converting the value, so this converts
+    the raw element directly (and leaves the dataset unchanged)."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        found = tag_for_keyword(keyword)
+        if found is None:
+            raise KeyError(f"not a DICOM keyword: {keyword}")
+        tag = _TAGS[keyword] = found
+    element = dataset.get_item(tag)
+    if element is None:
+        return None
+    if isinstance(element, RawDataElement):
+        if encodings is None:
+            encodings = _encodings(dataset)
+        element = convert_raw_data_element(element, encoding=encodings, ds=dataset)
+    return element.value
+
+
+def _encodings(dataset: Dataset) -> list[str]:
+    """Python codecs for the dataset's SpecificCharacterSet (pydicom's rules, once)."""
+    terms = _get(dataset, "SpecificCharacterSet", [default_encoding])
+    return list(convert_encodings(terms))
+
+
 class Rejection(Exception):
     """The instance cannot be accepted; `status` and `comment` go back to the sender."""
 
@@ -76,6 +109,7 @@ class ParsedHeader:
     transfer_syntax_uid: str
     fallbacks: set[str]
     fallback_sop_class_uid: str = ""  # used when the dataset's SOPClassUID is unusable
+    encodings: list[str] = dataclasses.field(default_factory=list)
 
 
 def parse(raw: bytes, transfer_syntax_uid: str) -> ParsedHeader:
@@ -83,7 +117,12 @@ def parse(raw: bytes, transfer_syntax_uid: str) -> ParsedHeader:
     dataset = _read(raw, transfer_syntax_uid)
     fallbacks: set[str] = set()
     uids = [_uid(dataset, keyword) for keyword in _REQUIRED_UIDS]
+    try:
+        encodings = _encodings(dataset)
+    except Exception:  # a SpecificCharacterSet pydicom cannot even read: decode as ASCII
+        encodings = [default_encoding]
     return ParsedHeader(
+        encodings=encodings,
         dataset=dataset,
         study_uid=uids[0],
         series_uid=uids[1],
@@ -158,7 +197,7 @@ def _tag(tag: int) -> str:
 
 
 def _uid(dataset: Dataset, keyword: str) -> str:
-    element = dataset.get(keyword)
+    element = _get(dataset, keyword)
     value = "" if element is None else element
     if isinstance(value, MultiValue):
         raise Rejection(
@@ -182,7 +221,7 @@ def text(header: ParsedHeader, keyword: str) -> str:
     Text that did not decode per SpecificCharacterSet was decoded best-effort by pydicom
     (replacement characters); the keyword is recorded in `header.fallbacks`.
     """
-    value = header.dataset.get(keyword)
+    value = _get(header.dataset, keyword, header.encodings)
     if value is None:
         return ""
     multi = isinstance(value, MultiValue)
@@ -211,7 +250,7 @@ def sop_class_uid(header: ParsedHeader) -> str:
 
 def integer(header: ParsedHeader, keyword: str) -> int | None:
     """An IS attribute as int, or None when absent, empty or not a 32-bit integer."""
-    value = header.dataset.get(keyword)
+    value = _get(header.dataset, keyword, header.encodings)
     if isinstance(value, MultiValue):
         value = value[0] if value else None
     try:
@@ -225,7 +264,7 @@ def integer(header: ParsedHeader, keyword: str) -> int | None:
 
 def charset_fallback(header: ParsedHeader) -> None:
     """Record an unknown SpecificCharacterSet term: pydicom then decodes as ASCII/Latin-1."""
-    terms = header.dataset.get("SpecificCharacterSet")
+    terms = _get(header.dataset, "SpecificCharacterSet", header.encodings)
     if terms is None:
         return
     values = terms if isinstance(terms, MultiValue) else [terms]

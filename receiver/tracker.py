@@ -85,6 +85,9 @@ class Tracker:
         wall = time.time() if received_wall is None else received_wall
         with self._lock:
             group = self._groups.get(series_uid)
+            # Another instance only moves its group's deadline later: the flusher needs
+            # waking (a thread switch per instance, measurable) only for a new group.
+            new_group = group is None
             if group is None:
                 group = _Group(series_uid, first_at=now, last_at=now, last_wall=wall)
                 # Recovered entries have no sender attached any more: the short grace applies.
@@ -98,7 +101,8 @@ class Tracker:
                 group.associations.add(association)
                 group.released = False
                 self._carried.setdefault(association, set()).add(series_uid)
-        self.changed.set()
+        if new_group:
+            self.changed.set()
 
     def association_ended(self, association: int, released: bool) -> None:
         """A normal release starts the grace of its series; an abort leaves them on idle."""
