@@ -4,8 +4,8 @@ Nothing in DICOM says a series is finished, so completion is a guess (contract 3
 - IDLE: no new instance of the series for `idle_timeout` seconds;
 - RELEASED: every association that carried the series was released normally and
   `released_grace` seconds (shorter) passed since its last instance;
-- MAX_AGE: the open group is older than `max_age`; it is flushed as a part and the series
-  stays open for what follows.
+- MAX_AGE: the open group is older than `max_age`; all but its newest instance are flushed
+  as a part and the series stays open (the newest instance later carries the completion).
 An instance arriving after its series was flushed opens a new group: the store reopens
 the series and updates its counts. Any number of associations may feed one series.
 """
@@ -123,19 +123,28 @@ class Tracker:
         with self._lock:
             for series_uid, group in list(self._groups.items()):
                 reason = self._reason(group, now)
-                if reason is not None:
+                if reason is Reason.MAX_AGE:
+                    # Send all but the newest instance as a part and keep that one open:
+                    # the series' final update (idle or released) then always has an
+                    # instance to carry its completion, even if nothing else arrives.
+                    group.first_at = now
+                    if len(group.seqs) > 1:
+                        part, group.seqs = group.seqs[:-1], group.seqs[-1:]
+                        flushes.append(Flush(series_uid, part, reason, group.last_wall))
+                elif reason is not None:
                     del self._groups[series_uid]
                     flushes.append(Flush(series_uid, group.seqs, reason, group.last_wall))
         return flushes
 
     def _reason(self, group: _Group, now: float) -> Reason | None:
         idle = now - group.last_at
-        if now - group.first_at >= self.max_age:
-            return Reason.MAX_AGE
+        # Completion first: a series that is both idle and old is complete, not a part.
         if group.released and not group.associations and idle >= self.released_grace:
             return Reason.RELEASED
         if idle >= self.idle_timeout:
             return Reason.IDLE
+        if now - group.first_at >= self.max_age:
+            return Reason.MAX_AGE
         return None
 
     def next_deadline(self) -> float | None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import rx_dicom
 import rx_send
@@ -131,3 +132,26 @@ def test_names_in_latin1_utf8_and_iso2022_japanese_are_stored_as_unicode(
         assert stored["patient_name"] == expected
         assert stored["text_decoding_fallbacks"] == []
     assert cases[2][1] == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+
+
+def test_a_long_series_is_delivered_in_parts_at_max_age_then_completes(
+    make_receiver: MakeReceiver, store: StoreProcess, database_url: str
+) -> None:
+    receiver = make_receiver(store_address=store.address, series_idle_timeout=5, series_max_age=0.4)
+    spec = rx_dicom.SeriesSpec()
+    datasets = rx_dicom.series(spec, 12)
+    seen_receiving = False
+    assoc = rx_send.associate(receiver.dicom_port)
+    try:
+        for ds in datasets:  # ~1.2 s of sending: three max-age parts or so
+            assert rx_send.store(assoc, ds).status == 0
+            time.sleep(0.1)
+            row = series_row(database_url, spec.series_uid)
+            if row is not None and row["status"] == "RECEIVING" and row["num_instances"]:
+                seen_receiving = True  # a part arrived while the series was still open
+    finally:
+        assoc.release()
+
+    wait_for(lambda: complete(database_url, spec.series_uid, 12))
+    assert seen_receiving
+    assert series_row(database_url, spec.series_uid)["completion_reason"] == "RELEASED"  # type: ignore[index]

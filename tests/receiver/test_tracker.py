@@ -61,11 +61,32 @@ def test_a_long_series_is_flushed_in_parts_at_max_age() -> None:
         clock.now += 1
         parts += t.due()
     assert [p.reason for p in parts] == [Reason.MAX_AGE, Reason.MAX_AGE]
-    assert [len(p.seqs) for p in parts] == [30, 30]
+    # Each part leaves the newest instance open, to carry the series' completion later.
+    assert [len(p.seqs) for p in parts] == [29, 30]
     t.association_ended(1, released=True)
     clock.now += 2
     [last] = t.due()
-    assert last.reason is Reason.RELEASED and len(last.seqs) == 10
+    assert last.reason is Reason.RELEASED and len(last.seqs) == 11
+    assert sorted(parts[0].seqs + parts[1].seqs + last.seqs) == list(range(1, 71))
+
+
+def test_a_max_age_part_never_leaves_the_series_without_a_completion() -> None:
+    clock = Clock()
+    t = tracker(clock, idle=10, max_age=5)
+    t.add("S", 1, association=1, representative=True)
+    t.add("S", 2, association=1, representative=False)
+    clock.now += 5
+    [part] = t.due()
+    assert part.seqs == [1]
+    clock.now += 4  # max age again, with a single instance left: nothing to split off
+    t.add("S", 3, association=1, representative=False)
+    t.association_ended(1, released=False)
+    clock.now += 5
+    [part] = t.due()  # old again with two instances: [2] goes, [3] stays open
+    assert (part.seqs, part.reason) == ([2], Reason.MAX_AGE)
+    clock.now += 5
+    [final] = t.due()  # idle beats max age: the series completes with its last instance
+    assert (final.seqs, final.reason) == ([3], Reason.IDLE)
 
 
 def test_a_late_instance_reopens_the_series_as_a_new_group() -> None:
