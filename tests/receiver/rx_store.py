@@ -38,9 +38,13 @@ def free_port() -> int:
 class StoreProcess:
     """`seriesflow store` in a child process: migrate, then serve on a fixed free port."""
 
-    def __init__(self, database_url: str, data_dir: Path) -> None:
+    def __init__(
+        self, database_url: str, data_dir: Path, tls: dict[str, Path] | None = None
+    ) -> None:
+        """`tls`: {"cert", "key", "client_ca", "ca"} paths for TLS (client_ca: mutual)."""
         self.database_url = database_url
         self.data_dir = data_dir
+        self.tls = tls
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -58,6 +62,13 @@ class StoreProcess:
             SERIESFLOW_SHUTDOWN_GRACE="2",
             SERIESFLOW_LOG_LEVEL="WARNING",
         )
+        if self.tls:
+            env.update(
+                SERIESFLOW_GRPC_TLS_CERT=str(self.tls["cert"]),
+                SERIESFLOW_GRPC_TLS_KEY=str(self.tls["key"]),
+            )
+            if "client_ca" in self.tls:
+                env["SERIESFLOW_GRPC_TLS_CLIENT_CA"] = str(self.tls["client_ca"])
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _RUN_STORE], cwd=REPO, env=env, stdout=log, stderr=log
@@ -66,7 +77,7 @@ class StoreProcess:
 
     def wait_serving(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 assert self.process is not None
@@ -80,6 +91,18 @@ class StoreProcess:
                     pass
                 time.sleep(0.1)
         raise TimeoutError(f"store not serving after {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def channel(self) -> grpc.Channel:
+        if not self.tls:
+            return grpc.insecure_channel(self.address)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.tls["ca"].read_bytes(),
+            private_key=self.tls["client_key"].read_bytes() if "client_key" in self.tls else None,
+            certificate_chain=(
+                self.tls["client_cert"].read_bytes() if "client_cert" in self.tls else None
+            ),
+        )
+        return grpc.secure_channel(self.address, credentials)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
