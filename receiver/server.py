@@ -168,13 +168,15 @@ class _Association:
                 self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
     async def read_pdu(self, timeout: float) -> tuple[int, bytes]:
-        head = await asyncio.wait_for(self.reader.readexactly(6), timeout)
-        self.quick_ack()
-        kind, length = head[0], struct.unpack(">I", head[2:6])[0]
-        if length > _ABSURD_PDU:
-            raise pdu.ProtocolError(f"PDU of {length} bytes refused")
-        body = await asyncio.wait_for(self.reader.readexactly(length), timeout)
-        self.quick_ack()
+        # asyncio.timeout, not wait_for: wait_for wraps each read in a new task.
+        async with asyncio.timeout(timeout):
+            head = await self.reader.readexactly(6)
+            self.quick_ack()
+            kind, length = head[0], struct.unpack(">I", head[2:6])[0]
+            if length > _ABSURD_PDU:
+                raise pdu.ProtocolError(f"PDU of {length} bytes refused")
+            body = await self.reader.readexactly(length)
+            self.quick_ack()
         return kind, body
 
     async def run(self) -> None:
