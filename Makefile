@@ -3,6 +3,7 @@
 #   make test   the test suite, with the system tools it talks to (dcmtk, Orthanc, helm, ...)
 #   make lint   ruff + mypy
 #   make bench  the benchmarks (store and receiver), printing ratios against baselines
+#   make bench-smoke  the same benchmarks on a small corpus (CI runs this; no pass/fail on speed)
 #   make proto  regenerate the seriesflow.v1 stubs after editing proto/
 
 PYTHON ?= python3
@@ -10,9 +11,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
-BENCH_ARGS ?=
 
-.PHONY: run test lint bench proto tools venv clean
+.PHONY: run test lint bench bench-smoke proto tools venv clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "seriesflow needs Python >= 3.11")'
@@ -45,8 +45,12 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(DEV_STAMP) tools
-	$(PY) bench/store_bench.py $(BENCH_ARGS)
-	$(PY) bench/receiver_bench.py $(BENCH_ARGS)
+	$(PY) bench/store_bench.py
+	$(PY) bench/receiver_bench.py
+
+bench-smoke: $(DEV_STAMP) tools
+	$(PY) bench/store_bench.py --series 50 --probe 10
+	$(PY) bench/receiver_bench.py --quick
 
 proto: $(DEV_STAMP)
 	$(PY) scripts/gen_proto.py
