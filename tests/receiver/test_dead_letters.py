@@ -29,8 +29,9 @@ from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 class FussyStore(pb_grpc.SeriesStoreServicer):
     """Acks every update, except those of `refused` series: INVALID, naming the field."""
 
-    def __init__(self, refused: set[str]) -> None:
+    def __init__(self, refused: set[str], flaky: bool = False) -> None:
         self.refused = refused
+        self.flaky = flaky  # answer UNAVAILABLE the first time each update is seen
         self.seen: list[pb.SeriesUpdate] = []
         self.lock = threading.Lock()
 
@@ -39,8 +40,17 @@ class FussyStore(pb_grpc.SeriesStoreServicer):
     ) -> Iterator[pb.SeriesAck]:
         for update in request_iterator:
             with self.lock:
+                first_time = all(u.update_id != update.update_id for u in self.seen)
                 self.seen.append(update)
-            if update.series.series_instance_uid in self.refused:
+            if self.flaky and first_time:
+                yield pb.SeriesAck(
+                    update_id=update.update_id,
+                    ok=False,
+                    error=pb.AckError(
+                        kind=pb.AckError.KIND_UNAVAILABLE, message="database restarting"
+                    ),
+                )
+            elif update.series.series_instance_uid in self.refused:
                 yield pb.SeriesAck(
                     update_id=update.update_id,
                     ok=False,
@@ -115,3 +125,21 @@ def test_unknown_update_id_is_reported(make_receiver: MakeReceiver) -> None:
     out = io.StringIO()
     assert dead_letters.main(receiver.config, replay=False, update_ids=["nope"], out=out) == 1
     assert "no dead letter with update id nope" in out.getvalue()
+
+
+def test_unavailable_acks_are_retried_on_the_same_stream_not_dead_lettered(
+    make_receiver: MakeReceiver, fussy: tuple[FussyStore, str]
+) -> None:
+    servicer, address = fussy
+    servicer.flaky = True
+    receiver = make_receiver(store_address=address)
+    spec = rx_dicom.SeriesSpec()
+
+    rx_send.send_all(receiver.dicom_port, rx_dicom.series(spec, 4))
+
+    wait_for(lambda: receiver.spool.stats()[0] == 0)
+    [update_id] = {u.update_id for u in servicer.seen}  # one update, sent again
+    assert len(servicer.seen) == 2
+    assert receiver.spool.count_dead_letters() == 0
+    assert receiver.client.connected  # no reconnect was needed
+    assert update_id
