@@ -1,4 +1,8 @@
-"""The DICOM Storage SCP: pynetdicom AE, presentation contexts, and one handler per event.
+"""The alternative DICOM engine (SERIESFLOW_DICOM_ENGINE=pynetdicom): a pynetdicom AE.
+
+The default engine is receiver.server (asyncio): pynetdicom's polling threads capped one
+sender near 250 instances/s here. This one stays for peers that need pynetdicom's fuller
+protocol support; both hand every instance to the same Intake.
 
 Handlers are bound with their dependencies (`(evt.EVT_C_STORE, handle_store, [intake])`) and
 never raise: every failure becomes a C-STORE status with an ErrorComment, so one bad
