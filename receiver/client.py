@@ -83,6 +83,7 @@ class StoreClient:
         self._outstanding: dict[str, Pending] = {}
         self._generation = 0
         self._stopping = False
+        self._stopped = threading.Event()
         self._call: grpc.Future | None = None
         self._thread = threading.Thread(target=self._run, name="store-stream", daemon=True)
         self.connected = False
@@ -124,6 +125,7 @@ class StoreClient:
             ):
                 self._cond.wait(0.1)
             self._stopping = True
+            self._stopped.set()
             self._cond.notify_all()
             call = self._call
         if call is not None and (self._outstanding or self._backlog):
@@ -140,7 +142,8 @@ class StoreClient:
                 break
             delay = self._backoff_initial if healthy else min(delay * 2, self._backoff_max)
             metrics.STREAM_RECONNECTS.inc()
-            time.sleep(delay * random.uniform(0.5, 1.0))
+            # Interruptible, so a shutdown does not wait out the backoff.
+            self._stopped.wait(delay * random.uniform(0.5, 1.0))
 
     def _stream_once(self) -> bool:
         """Run one stream until it breaks; True if it got as far as an ack."""
