@@ -132,7 +132,14 @@ def main(
         _log.error("cannot start the embedded PostgreSQL", extra={"fields": {"error": str(exc)}})
         return 1
     store_config = dataclasses.replace(store_config, database_url=url)
-    children = _Children({**os.environ, **flags, settings.env_name("database_url"): url})
+    environment = {**os.environ, **flags, settings.env_name("database_url"): url}
+    # The receiver delivers to the store this command runs, wherever its port was moved,
+    # unless a store address was given explicitly.
+    environment.setdefault(
+        settings.env_name("store_address"),
+        f"{_probe_host(store_config.listen_host)}:{store_config.grpc_port}",
+    )
+    children = _Children(environment)
     try:
         if migrate.main(store_config) != 0:
             return 1

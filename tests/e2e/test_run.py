@@ -51,7 +51,6 @@ def _environment(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
             "SERIESFLOW_LISTEN_HOST": "127.0.0.1",
             "SERIESFLOW_DICOM_PORT": str(ports["dicom"]),
             "SERIESFLOW_GRPC_PORT": str(ports["grpc"]),
-            "SERIESFLOW_STORE_ADDRESS": f"127.0.0.1:{ports['grpc']}",
             "SERIESFLOW_STORE_METRICS_PORT": str(ports["store_metrics"]),
             "SERIESFLOW_RECEIVER_METRICS_PORT": str(ports["receiver_metrics"]),
             "SERIESFLOW_SERIES_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
