@@ -325,11 +325,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+_PRIVATE_NETWORK = "SERIESFLOW_BENCH_PRIVATE_NETWORK"
+
+
+def run_in_private_network(argv: list[str]) -> int:
+    """Run this bench again inside a network namespace that has only a loopback interface.
+
+    dcmtk's storescp and Debian's Orthanc 1.10 cannot bind their DICOM port to loopback
+    only; inside the namespace nothing the bench starts is reachable from outside.
+    """
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if unshare is None or ip is None:
+        print("unshare and ip are needed (util-linux, iproute2): run `make tools`", file=sys.stderr)
+        return 2
+    command = [unshare, "--net"]
+    if os.geteuid() != 0:
+        command.append("--map-root-user")
+    command += ["--", "sh", "-c", f'"{ip}" link set lo up && exec "$@"', "sh"]
+    command += [sys.executable, str(Path(__file__).resolve()), *argv]
+    return subprocess.call(command, env={**os.environ, _PRIVATE_NETWORK: "1"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small corpus: a CI smoke run")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
+    if os.environ.get(_PRIVATE_NETWORK) != "1":
+        return run_in_private_network(sys.argv[1:] if argv is None else argv)
     for tool in ("storescu", "storescp", "Orthanc"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed; run `make tools`", file=sys.stderr)

@@ -2,7 +2,8 @@
 # Install the system tools the tests talk to, when they are missing:
 #   Debian: dcmtk (storescu, storescp, echoscu), orthanc (a real PACS as sender),
 #           prometheus + promtool (scrape and rule checks), docker-compose (compose config
-#           check), openssl (test certificates), util-linux (unshare, read-only-root test)
+#           check), openssl (test certificates), util-linux and iproute2 (unshare and ip:
+#           the read-only-root test, the receiver bench's private network)
 #   Go:     helm and grpcurl, built once into $GOPATH/bin and reused afterwards.
 # Idempotent: a second run with everything present does nothing and takes a second.
 set -euo pipefail
@@ -23,6 +24,7 @@ command -v promtool >/dev/null 2>&1 || missing_debs+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing_debs+=(docker-compose)
 command -v openssl >/dev/null 2>&1 || missing_debs+=(openssl)
 command -v unshare >/dev/null 2>&1 || missing_debs+=(util-linux)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing_debs+=(iproute2)
 
 if [ "${#missing_debs[@]}" -gt 0 ]; then
     log "apt-get install ${missing_debs[*]}"
