@@ -22,6 +22,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from seriesflow import logs, settings
 
 from . import client, metrics, scp
+from .admission import Admission
 from .config import ReceiverConfig
 from .flusher import Flusher
 from .health import HealthServer
@@ -104,6 +105,9 @@ class Receiver:
 
     def _start_dicom(self, ssl_context: ssl.SSLContext | None) -> None:
         config = self.config
+        admission = Admission(
+            config.ae_title, config.allowed_calling_ae_titles, config.require_called_ae_title
+        )
         if config.dicom_engine == "pynetdicom":
             self.ae = scp.build_ae(
                 config.ae_title,
@@ -115,7 +119,7 @@ class Receiver:
                 config.listen_host,
                 config.dicom_port,
                 self.intake,
-                config.allowed_calling_ae_titles,
+                admission,
                 ssl_context,
             )
             return
@@ -124,7 +128,7 @@ class Receiver:
             config.listen_host,
             config.dicom_port,
             max_associations=config.max_associations,
-            allowed_calling=config.allowed_calling_ae_titles,
+            admission=admission,
             acse_timeout=config.acse_timeout,
             network_timeout=config.network_timeout,
             ssl_context=ssl_context,

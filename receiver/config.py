@@ -71,6 +71,11 @@ class ReceiverConfig:
     allowed_calling_ae_titles: frozenset[str] = setting(
         "", settings.ae_title_set, "comma-separated calling AE titles allowed; empty allows all"
     )
+    require_called_ae_title: bool = setting(
+        "false",
+        settings.boolean,
+        "reject associations whose called AE title is not SERIESFLOW_AE_TITLE; false accepts any",
+    )
     dicom_tls_cert: Path | None = setting(
         "", _optional_path, "PEM certificate for DICOM TLS; empty for plain TCP"
     )

@@ -62,12 +62,12 @@ class Intake:
         metrics.ASSOCIATIONS_ACTIVE.dec()
         self.tracker.association_ended(key, released)
 
-    def association_rejected(self, calling_ae_title: str, peer: str, why: str) -> None:
+    def association_rejected(
+        self, calling_ae_title: str, called_ae_title: str, peer: str, why: str
+    ) -> None:
         metrics.ASSOCIATIONS.labels(result="rejected").inc()
-        LOG.warning(
-            "association rejected",
-            extra={"fields": {"calling_ae_title": calling_ae_title, "peer": peer, "why": why}},
-        )
+        fields = {"calling_ae_title": calling_ae_title, "called_ae_title": called_ae_title}
+        LOG.warning("association rejected", extra={"fields": {**fields, "peer": peer, "why": why}})
 
     # -- instances ----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from .admission import Admission
 from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, UNCOMPRESSED, VERIFICATION
 from .header import SUCCESS
 from .intake import Intake
@@ -51,17 +52,19 @@ def start(
     host: str,
     port: int,
     intake: Intake,
-    allowed_calling: frozenset[str],
+    admission: Admission,
     ssl_context: ssl.SSLContext | None,
 ) -> ThreadedAssociationServer:
     """Start listening; returns the running server (its socket tells the bound port)."""
-    ae.require_calling_aet = sorted(allowed_calling)
+    # pynetdicom applies the same two checks as Admission.refusal, with the same reasons.
+    ae.require_calling_aet = sorted(admission.allowed_calling)
+    ae.require_called_aet = admission.require_called
     handlers: list[Any] = [
         (evt.EVT_C_STORE, handle_store, [intake]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_CONN_OPEN, handle_conn_open),
         (evt.EVT_ESTABLISHED, handle_established, [intake]),
-        (evt.EVT_REJECTED, handle_rejected, [intake]),
+        (evt.EVT_REJECTED, handle_rejected, [intake, admission]),
         (evt.EVT_RELEASED, handle_ended, [intake, True]),
         (evt.EVT_ABORTED, handle_ended, [intake, False]),
         (evt.EVT_CONN_CLOSE, handle_ended, [intake, False]),
@@ -91,13 +94,15 @@ def handle_established(event: evt.Event, intake: Intake) -> None:
     intake.association_opened(id(event.assoc))
 
 
-def handle_rejected(event: evt.Event, intake: Intake) -> None:
+def handle_rejected(event: evt.Event, intake: Intake, admission: Admission) -> None:
     requestor = event.assoc.requestor
-    intake.association_rejected(
-        str(requestor.ae_title).strip(),
-        f"{requestor.address}:{requestor.port}",
-        "calling AE title not allowed, or too many associations",
-    )
+    calling = str(requestor.ae_title).strip()
+    primitive = requestor.primitive
+    called = str(primitive.called_ae_title if primitive is not None else "").strip()
+    # pynetdicom does not say why it rejected; asking Admission again tells the same answer.
+    refusal = admission.refusal(calling, called)
+    why = refusal[1] if refusal is not None else "too many associations"
+    intake.association_rejected(calling, called, f"{requestor.address}:{requestor.port}", why)
 
 
 def handle_ended(event: evt.Event, intake: Intake, released: bool) -> None:

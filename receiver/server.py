@@ -20,6 +20,7 @@ import struct
 import threading
 
 from . import pdu
+from .admission import Admission
 from .contexts import ACCEPTANCE, negotiate
 from .intake import Answer, Intake
 
@@ -43,7 +44,7 @@ class DicomServer:
         port: int,
         *,
         max_associations: int,
-        allowed_calling: frozenset[str],
+        admission: Admission,
         acse_timeout: float,
         network_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
@@ -52,7 +53,7 @@ class DicomServer:
         self.host, self.requested_port = host, port
         self.port = 0
         self.max_associations = max_associations
-        self.allowed_calling = allowed_calling
+        self.admission = admission
         self.acse_timeout, self.network_timeout = acse_timeout, network_timeout
         self.ssl_context = ssl_context
         self._loop = asyncio.new_event_loop()
@@ -189,18 +190,16 @@ class _Association:
 
     async def associate(self, request: pdu.AssociateRequest) -> bool:
         self.calling = request.calling_ae_title
-        allowed = self.server.allowed_calling
-        reject: tuple[int, int, int] | None = None
-        why = ""
-        if allowed and request.calling_ae_title not in allowed:
-            reject, why = (1, 1, 3), "calling AE title not allowed"
-        elif len(self.server._tasks) > self.server.max_associations:
-            reject, why = (2, 3, 2), "too many associations"
-        if reject is not None:
-            self.send(pdu.associate_rj(*reject))
+        called = request.called_ae_title
+        refusal = self.server.admission.refusal(self.calling, called)
+        if refusal is None and len(self.server._tasks) > self.server.max_associations:
+            refusal = (2, 3, 2), "too many associations"
+        if refusal is not None:
+            (result, source, reason), why = refusal
+            self.send(pdu.associate_rj(result, source, reason))
             await self.writer.drain()
-            fields = self.peer_fields()
-            self.server.intake.association_rejected(fields["calling_ae_title"], fields["peer"], why)
+            peer = self.peer_fields()["peer"]
+            self.server.intake.association_rejected(self.calling, called, peer, why)
             return False
         results = []
         for context in request.contexts:

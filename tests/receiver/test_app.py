@@ -1,16 +1,18 @@
-"""Receiver wiring: configuration errors, calling-AE allow-list, health and metrics."""
+"""Receiver wiring: configuration errors, AE title checks, health and metrics."""
 
 # ruff: noqa: F811  (fixtures are imported from rx_harness: pytest finds them by name)
 
 from __future__ import annotations
 
 import logging
+import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 import rx_dicom
 import rx_send
+from conftest import require_tool
 from rx_harness import MakeReceiver, make_receiver  # noqa: F401 (fixtures)
 
 from receiver.app import Receiver
@@ -37,6 +39,7 @@ def get(receiver: Receiver, path: str) -> tuple[int, str]:
         ("SERIESFLOW_SPOOL_MAX_BYTES", "lots"),
         ("SERIESFLOW_ALLOWED_CALLING_AE_TITLES", "OK,BAD\\AE"),
         ("SERIESFLOW_STORE_ADDRESS", "no-port"),
+        ("SERIESFLOW_REQUIRE_CALLED_AE_TITLE", "maybe"),
     ],
 )
 def test_a_bad_setting_fails_at_start_naming_the_variable(variable: str, value: str) -> None:
@@ -57,25 +60,108 @@ def test_defaults_and_decimal_timeouts() -> None:
         9102,
     )
     assert config.spool_dir == config.data_dir / "spool"
+    assert config.require_called_ae_title is False
+    required = settings.load(ReceiverConfig, {"SERIESFLOW_REQUIRE_CALLED_AE_TITLE": "true"})
+    assert required.require_called_ae_title is True
 
 
-def test_calling_ae_titles_outside_the_allow_list_are_rejected_logged_and_counted(
-    make_receiver: MakeReceiver, caplog: pytest.LogCaptureFixture
+def rejected_associations(receiver: Receiver) -> float:
+    """seriesflow_receiver_associations_total{result="rejected"} as the receiver reports it.
+
+    The counter lives in the process-wide registry, so tests compare before and after."""
+    _, metrics = get(receiver, "/metrics")
+    for line in metrics.splitlines():
+        if line.startswith('seriesflow_receiver_associations_total{result="rejected"}'):
+            return float(line.split()[-1])
+    raise AssertionError("seriesflow_receiver_associations_total{result=rejected} not exported")
+
+
+ENGINES = ["asyncio", "pynetdicom"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("policy", "refused_as", "reason", "why"),
+    [
+        (
+            {"allowed_calling_ae_titles": frozenset({"MODALITY1"})},
+            ("INTRUDER", "STORESCP"),
+            3,  # calling AE title not recognised
+            "calling AE title not allowed",
+        ),
+        (
+            {"require_called_ae_title": True},
+            ("MODALITY1", "WRONG"),
+            7,  # called AE title not recognised
+            "called AE title not recognised",
+        ),
+    ],
+    ids=["calling-allow-list", "called-ae-required"],
+)
+def test_associations_failing_an_ae_title_check_are_rejected_logged_and_counted(
+    engine: str,
+    policy: dict[str, object],
+    refused_as: tuple[str, str],
+    reason: int,
+    why: str,
+    make_receiver: MakeReceiver,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    receiver = make_receiver(allowed_calling_ae_titles=frozenset({"MODALITY1"}))
+    receiver = make_receiver(dicom_engine=engine, **policy)
+    rejected_before = rejected_associations(receiver)
 
-    with caplog.at_level(logging.WARNING, logger="receiver.scp"):
-        refused = rx_send.associate(receiver.dicom_port, calling="INTRUDER")
-    allowed = rx_send.associate(receiver.dicom_port, calling="MODALITY1")
+    with caplog.at_level(logging.WARNING, logger="receiver.intake"):
+        refused = rx_send.associate(receiver.dicom_port, *refused_as)
+    allowed = rx_send.associate(receiver.dicom_port, "MODALITY1", "STORESCP")
 
     assert refused.is_rejected
+    answer = refused.acceptor.primitive
+    assert answer is not None
+    # rejected-permanent, by the DICOM UL service-user, for the given reason (PS3.8 9.3.4)
+    assert (answer.result, answer.result_source, answer.diagnostic) == (1, 1, reason)
     assert allowed.is_established
+    assert allowed.send_c_echo().Status == 0
     allowed.release()
+    logged = [getattr(r, "fields", {}) for r in caplog.records if r.name == "receiver.intake"]
+    calling, called = refused_as
     assert any(
-        getattr(r, "fields", {}).get("calling_ae_title") == "INTRUDER" for r in caplog.records
+        (f.get("calling_ae_title"), f.get("called_ae_title"), f.get("why"))
+        == (calling, called, why)
+        for f in logged
     )
-    _, metrics = get(receiver, "/metrics")
-    assert 'seriesflow_receiver_associations_total{result="rejected"}' in metrics
+    assert rejected_associations(receiver) == rejected_before + 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_any_called_ae_title_is_accepted_by_default(
+    engine: str, make_receiver: MakeReceiver
+) -> None:
+    receiver = make_receiver(dicom_engine=engine)
+
+    assoc = rx_send.associate(receiver.dicom_port, "MODALITY1", "ANY_OTHER_AE")
+
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_echoscu_calling_a_wrong_ae_title_is_refused_when_the_called_ae_is_required(
+    engine: str, make_receiver: MakeReceiver
+) -> None:
+    echoscu = require_tool("echoscu")
+    receiver = make_receiver(dicom_engine=engine, require_called_ae_title=True)
+
+    def echo(called: str) -> subprocess.CompletedProcess[str]:
+        command = [echoscu, "-aet", "DCMTKSCU", "-aec", called]
+        command += ["127.0.0.1", str(receiver.dicom_port)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+    wrong, right = echo("WRONG"), echo("STORESCP")
+
+    assert wrong.returncode != 0
+    assert "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
+    assert right.returncode == 0, right.stdout + right.stderr
 
 
 def test_health_endpoints_and_metrics(make_receiver: MakeReceiver) -> None:
@@ -104,4 +190,4 @@ def test_health_endpoints_and_metrics(make_receiver: MakeReceiver) -> None:
     assert "Doe^Jane" not in metrics and "PAT-1" not in metrics
 
     receiver.spool.close()  # the spool can no longer take writes
-    assert get(receiver, "/readyz")[0] == 503
+    assert get(receiver, "/readyz") == (503, "spool not writable\n")
