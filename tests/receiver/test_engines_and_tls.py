@@ -5,14 +5,13 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import rx_dicom
 import rx_send
 from conftest import require_tool
+from pki import Pki, make_pki
 from pynetdicom import AE
 from rx_harness import MakeReceiver, make_receiver, store  # noqa: F401 (fixtures)
 from rx_store import StoreProcess, series_counts, wait_for
@@ -57,43 +56,22 @@ def test_storescu_with_small_pdus_fragments_every_dataset_and_all_arrive(
 
 
 @pytest.fixture
-def certificate(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    openssl = require_tool("openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    yield cert, key
+def certificate(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "pki")
 
 
 @pytest.mark.parametrize("engine", ["asyncio", "pynetdicom"])
 def test_dicom_tls_carries_instances_and_plain_tcp_is_refused(
-    engine: str, make_receiver: MakeReceiver, certificate: tuple[Path, Path]
+    engine: str, make_receiver: MakeReceiver, certificate: Pki
 ) -> None:
-    cert, key = certificate
-    receiver = make_receiver(dicom_tls_cert=cert, dicom_tls_key=key, dicom_engine=engine)
+    receiver = make_receiver(
+        dicom_tls_cert=certificate.server_cert,
+        dicom_tls_key=certificate.server_key,
+        dicom_engine=engine,
+    )
     spec = rx_dicom.SeriesSpec()
 
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certificate.ca))
     ae = AE(ae_title="TLSSCU")
     ae.add_requested_context(rx_dicom.CT_IMAGE_STORAGE, "1.2.840.10008.1.2.1")
     assoc = ae.associate("127.0.0.1", receiver.dicom_port, tls_args=(context, "127.0.0.1"))

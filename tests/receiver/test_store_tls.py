@@ -4,81 +4,26 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 import rx_dicom
 import rx_send
-from conftest import require_tool
+from pki import make_pki
 from rx_harness import MakeReceiver, make_receiver  # noqa: F401 (fixtures)
 from rx_store import StoreProcess, series_counts, wait_for
 
 
 def _pki(folder: Path) -> dict[str, Path]:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    openssl = require_tool("openssl")
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=folder)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=seriesflow-test-ca",
-    )
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        run(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-        )
-        run(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-out",
-            f"{name}.pem",
-            "-extfile",
-            "san.ext",
-        )
+    """The test PKI in the form StoreProcess and the receiver settings take."""
+    pki = make_pki(folder)
     return {
-        n: folder / f
-        for n, f in {
-            "ca": "ca.pem",
-            "cert": "server.pem",
-            "key": "server.key",
-            "client_ca": "ca.pem",
-            "client_cert": "client.pem",
-            "client_key": "client.key",
-        }.items()
+        "ca": pki.ca,
+        "cert": pki.server_cert,
+        "key": pki.server_key,
+        "client_ca": pki.ca,
+        "client_cert": pki.client_cert,
+        "client_key": pki.client_key,
     }
 
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 from tests.conftest import require_tool
+from tests.pki import Pki, make_pki
 
 from .conftest import StoreProcess, StoreThread, make_update, rows, send, store_config, uid
 
@@ -116,76 +117,21 @@ def test_metrics_expose_every_documented_name(running_store: StoreThread) -> Non
     assert "Doe" not in text and "PAT1" not in text  # no patient data in metrics
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway CA, a server certificate for localhost/127.0.0.1 and a client one."""
-    require_tool("openssl")
-    d = tmp_path_factory.mktemp("tls")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=seriesflow test CA",
-        cwd=d,
-    )
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        _openssl(
-            "req",
-            *ec,
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-            cwd=d,
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            cwd=d,
-        )
-    return d
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("tls"))
 
 
 def _list(channel: grpc.Channel) -> pb.ListSeriesResponse:
     return pb_grpc.SeriesStoreStub(channel).ListSeries(pb.ListSeriesRequest(), timeout=5)
 
 
-def test_tls_serves_clients_that_trust_the_ca_only(migrated_url: str, certificates: Path) -> None:
+def test_tls_serves_clients_that_trust_the_ca_only(migrated_url: str, certificates: Pki) -> None:
     d = certificates
-    config = store_config(
-        migrated_url, grpc_tls_cert=d / "server.pem", grpc_tls_key=d / "server.key"
-    )
+    config = store_config(migrated_url, grpc_tls_cert=d.server_cert, grpc_tls_key=d.server_key)
     store = StoreThread(config, migrated_url)
     try:
-        creds = grpc.ssl_channel_credentials(root_certificates=(d / "ca.pem").read_bytes())
+        creds = grpc.ssl_channel_credentials(root_certificates=d.ca.read_bytes())
         with grpc.secure_channel(f"localhost:{store.store.grpc_port}", creds) as ch:
             assert _list(ch).series == []
         with grpc.insecure_channel(store.address) as ch, pytest.raises(grpc.RpcError):
@@ -194,22 +140,22 @@ def test_tls_serves_clients_that_trust_the_ca_only(migrated_url: str, certificat
         store.stop()
 
 
-def test_mutual_tls_requires_a_client_certificate(migrated_url: str, certificates: Path) -> None:
+def test_mutual_tls_requires_a_client_certificate(migrated_url: str, certificates: Pki) -> None:
     d = certificates
     config = store_config(
         migrated_url,
-        grpc_tls_cert=d / "server.pem",
-        grpc_tls_key=d / "server.key",
-        grpc_tls_client_ca=d / "ca.pem",
+        grpc_tls_cert=d.server_cert,
+        grpc_tls_key=d.server_key,
+        grpc_tls_client_ca=d.ca,
     )
     store = StoreThread(config, migrated_url)
     target = f"localhost:{store.store.grpc_port}"
-    ca = (d / "ca.pem").read_bytes()
+    ca = d.ca.read_bytes()
     try:
         with_cert = grpc.ssl_channel_credentials(
             root_certificates=ca,
-            private_key=(d / "client.key").read_bytes(),
-            certificate_chain=(d / "client.pem").read_bytes(),
+            private_key=d.client_key.read_bytes(),
+            certificate_chain=d.client_cert.read_bytes(),
         )
         with grpc.secure_channel(target, with_cert) as ch:
             assert _list(ch).series == []
