@@ -37,7 +37,7 @@ run: $(RUNTIME_STAMP)
 	$(VENV)/bin/seriesflow run
 
 test: $(DEV_STAMP) tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

@@ -38,18 +38,13 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from seriesflow.embedded_postgres import EmbeddedPostgres  # noqa: E402
+from seriesflow.store.embedded_postgres import EmbeddedPostgres  # noqa: E402
 
 SERIES_SIZE = 50
 _STORE = (
-    "import sys\nfrom seriesflow import settings\nfrom store.config import StoreConfig\n"
-    "from store import migrate, server\nc = settings.load(StoreConfig)\n"
-    "sys.exit(migrate.main(c) or server.main(c))\n"
+    "import sys\nfrom seriesflow.cli import main\nsys.exit(main(['migrate']) or main(['store']))\n"
 )
-_RECEIVER = (
-    "import sys\nfrom seriesflow import settings\nfrom receiver.config import ReceiverConfig\n"
-    "from receiver import app\nsys.exit(app.main(settings.load(ReceiverConfig)))\n"
-)
+_RECEIVER = "import sys\nfrom seriesflow.cli import main\nsys.exit(main(['receiver']))\n"
 
 
 def log(message: str) -> None:

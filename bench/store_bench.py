@@ -41,9 +41,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from seriesflow import migrations  # noqa: E402
+from seriesflow.store import probe  # noqa: E402
 from seriesflow.v1 import series_store_pb2 as pb  # noqa: E402
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc  # noqa: E402
-from store import migrate, probe  # noqa: E402
 
 ROOT_UID = "1.2.826.0.1.3680043.10.999"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -100,6 +101,7 @@ class Store:
                 sys.executable,
                 *(["-m", "cProfile", "-o", profile] if profile else []),
                 "-m",
+                "seriesflow",
                 "store",
                 "--listen-host",
                 "127.0.0.1",
@@ -244,7 +246,7 @@ def main() -> int:
     if args.database_url:
         server_url = args.database_url
     else:
-        from seriesflow.embedded_postgres import EmbeddedPostgres
+        from seriesflow.store.embedded_postgres import EmbeddedPostgres
 
         embedded = EmbeddedPostgres(Path(workdir))
         server_url = embedded.url
@@ -256,7 +258,7 @@ def main() -> int:
     url = make_conninfo(**params)
     store = None
     try:
-        migrate.upgrade(url)
+        migrations.upgrade(url)
         run = str(int(time.time()))
         t0 = time.time() - 3600
         updates = build_updates(run, args.series, args.instances, t0)

@@ -1,6 +1,6 @@
 """Alembic environment: runs revisions against the database the caller names.
 
-The URL comes, in this order, from `config.attributes["url"]` (set by store.migrate, which
+The URL comes, in this order, from `config.attributes["url"]` (set by `alembic_config`, which
 avoids ConfigParser's %-interpolation of passwords), `-x url=...` on the alembic command
 line, `sqlalchemy.url` in the ini file, or SERIESFLOW_DATABASE_URL. libpq URIs
 (postgresql://...) are turned into SQLAlchemy's psycopg 3 form.
@@ -14,7 +14,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from store.database import sqlalchemy_url
+from seriesflow.migrations import sqlalchemy_url
 
 config = context.config
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -84,7 +85,7 @@ class StoreClient:
         self._generation = 0
         self._stopping = False
         self._stopped = threading.Event()
-        self._call: grpc.Future | None = None
+        self._call: grpc.Future[Any] | None = None
         self._thread = threading.Thread(target=self._run, name="store-stream", daemon=True)
         self.connected = False
         self.last_progress = time.monotonic()

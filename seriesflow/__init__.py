@@ -1,11 +1,8 @@
-"""seriesflow: DICOM ingestion into an exact PostgreSQL catalog (CLI and shared plumbing)."""
+"""seriesflow: DICOM ingestion into an exact PostgreSQL catalog.
 
-import os
+The package is a small shared floor (`v1`: the generated contract; `settings`; `logs`)
+under which the services live: `seriesflow.receiver`, `seriesflow.store`,
+`seriesflow.migrations`, and `seriesflow.cli`, the `seriesflow` command that wires them.
+"""
 
 __version__ = "0.1.0"
-
-# Every process of ours that forks does so only to exec (pg_ctl, the children of
-# `seriesflow run`). gRPC's fork handlers exist for fork-without-exec and have crashed such
-# children (SIGSEGV before exec) while gRPC threads were busy. gRPC reads this when it is
-# first imported, and every entry point imports this package before grpc.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")

@@ -13,10 +13,10 @@ from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
+from seriesflow.store import request_fields
+from seriesflow.store.database import Connection
+from seriesflow.store.errors import BadRequest, NotFound
 from seriesflow.v1 import series_store_pb2 as pb
-from store import request_fields
-from store.database import Connection
-from store.errors import BadRequest, NotFound
 
 MAX_ATTRIBUTES = 500
 

@@ -14,11 +14,10 @@ from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from store.config import StoreConfig
-from store.errors import DatabaseUnavailable, RetryableConflict, StoreError, translate
+from seriesflow.store.config import StoreConfig
+from seriesflow.store.errors import DatabaseUnavailable, RetryableConflict, StoreError, translate
 
 _log = logging.getLogger(__name__)
 
@@ -35,47 +34,14 @@ def resolve_url(config: StoreConfig) -> tuple[str, Callable[[], None] | None]:
     """
     if config.database_url:
         return config.database_url, None
-    from seriesflow.embedded_postgres import EmbeddedPostgres
+    from seriesflow.store.embedded_postgres import EmbeddedPostgres
 
     embedded = EmbeddedPostgres(config.data_dir)
     return embedded.url, embedded.stop
 
 
-def sqlalchemy_url(url: str) -> str:
-    """A libpq connection string in SQLAlchemy's psycopg 3 form.
-
-    URIs (postgresql://... or postgres://...) keep everything after the scheme, including
-    a query string such as the embedded server's `?host=/socket/dir`, which SQLAlchemy
-    hands to psycopg. key=value strings (`host=/tmp dbname=sf`) are rebuilt as a URL.
-    URLs already naming a driver (postgresql+psycopg://...) are returned unchanged.
-    """
-    parts = urlsplit(url)
-    if parts.scheme in {"postgresql", "postgres"}:
-        return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
-    if parts.scheme.startswith("postgresql+"):
-        return url
-    if "://" in url or "=" not in url:
-        raise ValueError(
-            f"unsupported database URL scheme {parts.scheme!r}: expected postgresql://..."
-        )
-    from sqlalchemy.engine import URL
-
-    params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
-    port = params.pop("port", None)
-    return URL.create(
-        "postgresql+psycopg",
-        username=params.pop("user", None),
-        password=params.pop("password", None),
-        database=params.pop("dbname", None),
-        # A host that is a socket folder goes in the query string, as psycopg expects.
-        host=None,
-        port=int(port) if port and "," not in str(port) else None,
-        query=params,
-    ).render_as_string(hide_password=False)
-
-
 def libpq_url(url: str) -> str:
-    """The inverse of sqlalchemy_url, for psycopg.connect."""
+    """A URL psycopg.connect accepts: SQLAlchemy's postgresql+driver:// scheme dropped."""
     parts = urlsplit(url)
     if parts.scheme.startswith("postgresql+"):
         return urlunsplit(parts._replace(scheme="postgresql"))

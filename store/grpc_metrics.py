@@ -59,7 +59,7 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any], error: BaseException |
 
 
 # (request_streaming, response_streaming) -> the handler factory of that shape
-_HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+_HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
@@ -67,15 +67,17 @@ _HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
 }
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: GrpcMetrics) -> None:
         self._m = metrics
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -98,7 +100,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 m.seconds.labels(*labels).observe(time.perf_counter() - start)
 
         if handler.response_streaming:
-            inner_stream = handler.stream_stream or handler.unary_stream
+            # grpc.aio hands async callables here; its stubs type them as sync ones.
+            inner_stream: Any = handler.stream_stream or handler.unary_stream
 
             async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
                 with observed(context):
@@ -111,7 +114,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             behaviour: Callable[..., Any] = streaming
         else:
-            inner = handler.unary_unary or handler.stream_unary
+            inner: Any = handler.unary_unary or handler.stream_unary
 
             async def unary(request: Any, context: Any) -> Any:
                 with observed(context):

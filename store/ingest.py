@@ -40,10 +40,10 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from store import instances
-from store.database import Connection
-from store.instances import SeriesState
-from store.validation import SERIES_TEXT, SOURCE_TEXT, STUDY_TEXT, ValidUpdate
+from seriesflow.store import instances
+from seriesflow.store.database import Connection
+from seriesflow.store.instances import SeriesState
+from seriesflow.store.validation import SERIES_TEXT, SOURCE_TEXT, STUDY_TEXT, ValidUpdate
 
 
 @dataclass

@@ -20,8 +20,8 @@ from itertools import compress
 
 import psycopg.errors
 
-from store.database import Connection
-from store.validation import ValidUpdate
+from seriesflow.store.database import Connection
+from seriesflow.store.validation import ValidUpdate
 
 _COPY = (
     "COPY instances (sop_instance_uid, series_fk, sop_class_uid, instance_number,"

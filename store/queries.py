@@ -14,10 +14,10 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.rows import dict_row
 
+from seriesflow.store import request_fields, tokens
+from seriesflow.store.database import Connection
+from seriesflow.store.errors import BadRequest, NotFound
 from seriesflow.v1 import series_store_pb2 as pb
-from store import request_fields, tokens
-from store.database import Connection
-from store.errors import BadRequest, NotFound
 
 Row = dict[str, Any]
 

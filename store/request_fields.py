@@ -15,8 +15,8 @@ from typing import Final
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from store.errors import BadRequest
-from store.validation import is_uid, parse_date
+from seriesflow.store.errors import BadRequest
+from seriesflow.store.validation import is_uid, parse_date
 
 # DICOM's longest text value representations in the filters (LO, SH, CS) are 64
 # characters; stored values are not cut, so allow generous room above that, but not the

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -23,17 +24,16 @@ from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
 
 from seriesflow import settings
-from seriesflow.logs import configure as configure_logs
+from seriesflow.store import reflection
+from seriesflow.store.config import StoreConfig
+from seriesflow.store.database import Database, create_pool, resolve_url
+from seriesflow.store.errors import StoreError
+from seriesflow.store.grpc_metrics import GrpcMetrics, MetricsInterceptor
+from seriesflow.store.metrics import StoreMetrics
+from seriesflow.store.schema import require_head
+from seriesflow.store.servicer import SERVICE_NAME, SeriesStoreServicer, generic_handler
+from seriesflow.store.stream import Limits, Shared
 from seriesflow.v1 import series_store_pb2 as pb
-from store import reflection
-from store.config import StoreConfig
-from store.database import Database, create_pool, resolve_url
-from store.errors import StoreError
-from store.grpc_metrics import GrpcMetrics, MetricsInterceptor
-from store.metrics import StoreMetrics
-from store.migrate import require_head
-from store.servicer import SERVICE_NAME, SeriesStoreServicer, generic_handler
-from store.stream import Limits, Shared
 
 _log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _credentials(config: StoreConfig) -> grpc.ServerCredentials | None:
 _HEALTH_NAMES = ("", SERVICE_NAME)
 
 
-class _Health(HealthServicer):  # type: ignore[misc]
+class _Health(HealthServicer):
     """grpc's health servicer, whose NOT_FOUND for an unknown service name comes with no
     message: here it names the services that have a status."""
 
@@ -130,9 +130,11 @@ async def _probe_forever(store: RunningStore) -> None:
         await asyncio.sleep(store.config.db_probe_interval)
 
 
-async def start(config: StoreConfig, url: str) -> RunningStore:
-    """Check the schema, open the pool and start serving. Raises SchemaNotAtHead etc."""
-    await asyncio.to_thread(require_head, url)
+async def start(config: StoreConfig, url: str, schema_heads: Set[str]) -> RunningStore:
+    """Check the schema is at `schema_heads`, open the pool and start serving.
+
+    Raises SchemaNotAtHead (run `seriesflow migrate`), DatabaseUnavailable, OSError (port)."""
+    await asyncio.to_thread(require_head, url, schema_heads)
     db = Database(create_pool(url, config), url)
     await db.open()
     try:
@@ -211,7 +213,9 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
     return store
 
 
-async def serve(config: StoreConfig, url: str, stop: asyncio.Event | None = None) -> int:
+async def serve(
+    config: StoreConfig, url: str, schema_heads: Set[str], stop: asyncio.Event | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT (or `stop` is set); 0 after a clean shutdown."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -219,7 +223,7 @@ async def serve(config: StoreConfig, url: str, stop: asyncio.Event | None = None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     try:
-        store = await start(config, url)
+        store = await start(config, url, schema_heads)
     except (StoreError, OSError) as exc:
         _log.error("store cannot start", extra={"fields": {"error": str(exc)}})
         return 1
@@ -230,9 +234,8 @@ async def serve(config: StoreConfig, url: str, stop: asyncio.Event | None = None
     return 0
 
 
-def main(config: StoreConfig) -> int:
+def main(config: StoreConfig, schema_heads: Set[str]) -> int:
     """Entry point of `seriesflow store`: blocks until SIGTERM/SIGINT; the exit code."""
-    configure_logs(config.log_level)
     _log.info("store starting", extra={"fields": {"config": settings.describe(config)}})
     try:
         url, stop_embedded = resolve_url(config)
@@ -240,7 +243,7 @@ def main(config: StoreConfig) -> int:
         _log.error("cannot start the embedded PostgreSQL", extra={"fields": {"error": str(exc)}})
         return 1
     try:
-        return asyncio.run(serve(config, url))
+        return asyncio.run(serve(config, url, schema_heads))
     finally:
         if stop_embedded is not None:
             stop_embedded()

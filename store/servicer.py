@@ -15,10 +15,9 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from seriesflow.v1 import series_store_pb2 as pb
-from store import attributes, queries
-from store.database import Connection
-from store.errors import (
+from seriesflow.store import attributes, queries
+from seriesflow.store.database import Connection
+from seriesflow.store.errors import (
     BadRequest,
     DatabaseFault,
     DatabaseUnavailable,
@@ -28,8 +27,9 @@ from store.errors import (
     SchemaNotAtHead,
     StoreError,
 )
-from store.stream import Shared, StreamSession
-from store.validation import decode_update
+from seriesflow.store.stream import Shared, StreamSession
+from seriesflow.store.validation import decode_update
+from seriesflow.v1 import series_store_pb2 as pb
 
 _log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _guarded(fn: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any, Con
 def generic_handler(servicer: Any) -> grpc.GenericRpcHandler:
     """Handlers for every method of the SeriesStore service found on `servicer`."""
     service = pb.DESCRIPTOR.services_by_name["SeriesStore"]
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         behaviour = getattr(servicer, method.name, None)
         if behaviour is None:

@@ -24,18 +24,18 @@ from typing import Any
 
 import grpc
 
-from seriesflow.v1 import series_store_pb2 as pb
-from store import ingest
-from store.database import Database
-from store.errors import (
+from seriesflow.store import ingest
+from seriesflow.store.database import Database
+from seriesflow.store.errors import (
     DatabaseUnavailable,
     RejectedData,
     RetryableConflict,
     SchemaNotAtHead,
     StoreError,
 )
-from store.metrics import StoreMetrics
-from store.validation import InvalidUpdate, UndecodableUpdate, ValidUpdate, validate
+from seriesflow.store.metrics import StoreMetrics
+from seriesflow.store.validation import InvalidUpdate, UndecodableUpdate, ValidUpdate, validate
+from seriesflow.v1 import series_store_pb2 as pb
 
 _log = logging.getLogger(__name__)
 

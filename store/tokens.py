@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from store.errors import BadRequest
+from seriesflow.store.errors import BadRequest
 
 _VERSION = 1
 

@@ -19,7 +19,11 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from seriesflow.embedded_postgres import EmbeddedPostgres
+from seriesflow.store.embedded_postgres import EmbeddedPostgres
+
+# As the `seriesflow` command does (seriesflow.cli.main): this process forks only to exec
+# (pg_ctl, the services under test), and gRPC's fork handlers have crashed such children.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

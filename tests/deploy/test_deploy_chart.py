@@ -38,9 +38,9 @@ from deploy_support import (
     run_helm_template,
 )
 
-from receiver.config import ReceiverConfig
 from seriesflow import settings
-from store.config import StoreConfig
+from seriesflow.receiver.config import ReceiverConfig
+from seriesflow.store.config import StoreConfig
 
 ROOT = CHART.parents[2]
 VALUE_SETS = [pytest.param((), id="defaults")] + [

@@ -177,9 +177,9 @@ def test_build_stage_steps_install_a_seriesflow_that_runs(tmp_path: Path) -> Non
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import seriesflow, store, receiver, migrations, seriesflow.cli; "
-            "from store import migrate; "
-            "print(seriesflow.__file__); print(sorted(migrate.head_revisions()))",
+            "import seriesflow, seriesflow.store, seriesflow.receiver, seriesflow.cli; "
+            "from seriesflow import migrations; "
+            "print(seriesflow.__file__); print(sorted(migrations.head_revisions()))",
         ],
         capture_output=True,
         text=True,

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from rx_store import REPO, StoreProcess, free_port
 
-from receiver.app import Receiver, quiet_libraries
-from receiver.config import ReceiverConfig
+from seriesflow.receiver.app import Receiver, quiet_libraries
+from seriesflow.receiver.config import ReceiverConfig
 
 MakeReceiver = Callable[..., Receiver]
 
@@ -153,8 +153,8 @@ class ReceiverProcess:
 _RUN_RECEIVER = (
     "import sys\n"
     "from seriesflow import settings\n"
-    "from receiver.config import ReceiverConfig\n"
-    "from receiver import app\n"
+    "from seriesflow.receiver.config import ReceiverConfig\n"
+    "from seriesflow.receiver import app\n"
     "sys.exit(app.main(settings.load(ReceiverConfig)))\n"
 )
 

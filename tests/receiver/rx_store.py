@@ -19,13 +19,7 @@ from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 _RUN_STORE = (
-    "import sys\n"
-    "from seriesflow import settings\n"
-    "from store.config import StoreConfig\n"
-    "from store import migrate, server\n"
-    "config = settings.load(StoreConfig)\n"
-    "code = migrate.main(config)\n"
-    "sys.exit(code if code else server.main(config))\n"
+    "import sys\nfrom seriesflow.cli import main\nsys.exit(main(['migrate']) or main(['store']))\n"
 )
 
 

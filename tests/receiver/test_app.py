@@ -15,9 +15,9 @@ import rx_send
 from conftest import require_tool
 from rx_harness import MakeReceiver, make_receiver  # noqa: F401 (fixtures)
 
-from receiver.app import Receiver
-from receiver.config import ReceiverConfig
 from seriesflow import settings
+from seriesflow.receiver.app import Receiver
+from seriesflow.receiver.config import ReceiverConfig
 
 
 def get(receiver: Receiver, path: str) -> tuple[int, str]:

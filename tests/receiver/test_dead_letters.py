@@ -21,7 +21,7 @@ import rx_send
 from rx_harness import MakeReceiver, make_receiver, store  # noqa: F401 (fixtures)
 from rx_store import StoreProcess, series_counts, wait_for
 
-from receiver import dead_letters
+from seriesflow.receiver import dead_letters
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 

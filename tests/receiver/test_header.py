@@ -9,8 +9,8 @@ import rx_dicom
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydicom.dataset import Dataset
 
-from receiver import header
-from receiver.app import quiet_libraries
+from seriesflow.receiver import header
+from seriesflow.receiver.app import quiet_libraries
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 CHARSET_FILES = [

@@ -10,7 +10,7 @@ from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 
-from receiver import pdu
+from seriesflow.receiver import pdu
 
 
 def _request_bytes() -> bytes:

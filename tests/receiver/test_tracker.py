@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from receiver.tracker import Reason, Tracker
+from seriesflow.receiver.tracker import Reason, Tracker
 
 
 class Clock:

@@ -1,15 +1,25 @@
 """Two store processes writing the same series at the same moment: exact counts."""
 
+# ruff: noqa: F811  (fixtures are imported from st_harness: pytest finds them by name)
+
 from __future__ import annotations
 
 import random
 import threading
 
 import grpc
+from st_harness import (  # noqa: F401 (fixtures)
+    StoreProcess,
+    StoreThread,
+    make_update,
+    migrated_url,
+    rows,
+    send,
+    store_config,
+    uid,
+)
 
 from seriesflow.v1 import series_store_pb2 as pb
-
-from .conftest import StoreProcess, StoreThread, make_update, rows, send, store_config, uid
 
 
 def test_two_store_processes_on_one_series_count_each_instance_exactly_once(

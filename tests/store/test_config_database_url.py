@@ -7,7 +7,7 @@ import pytest
 
 from seriesflow import settings
 from seriesflow.settings import ConfigError
-from store.config import StoreConfig
+from seriesflow.store.config import StoreConfig
 
 
 @pytest.mark.parametrize(

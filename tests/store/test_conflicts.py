@@ -1,10 +1,19 @@
 """Merge conflicts follow the documented rule (store.ingest), are counted and recorded."""
 
+# ruff: noqa: F811  (fixtures are imported from st_harness: pytest finds them by name)
+
 from __future__ import annotations
 
-from seriesflow.v1 import series_store_pb2 as pb
+from st_harness import (  # noqa: F401 (fixtures)
+    StoreThread,
+    make_update,
+    rows,
+    running_store,
+    send,
+    uid,
+)
 
-from .conftest import StoreThread, make_update, rows, send, uid
+from seriesflow.v1 import series_store_pb2 as pb
 
 
 def test_instance_already_in_another_series_stays_with_the_first(

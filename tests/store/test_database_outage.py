@@ -15,13 +15,12 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from st_harness import StoreThread, make_update, rows, send, store_config, uid
 
-from seriesflow.embedded_postgres import EmbeddedPostgres
+from seriesflow import migrations
+from seriesflow.store.embedded_postgres import EmbeddedPostgres
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
-from store import migrate
-
-from .conftest import StoreThread, make_update, rows, send, store_config, uid
 
 
 @pytest.fixture
@@ -84,7 +83,7 @@ def test_postgres_down_mid_stream_then_back_without_restarting_the_store(
 ) -> None:
     data_dir, servers = own_postgres
     url = servers[0].url
-    migrate.upgrade(url)
+    migrations.upgrade(url)
     store = StoreThread(store_config(url), url)
     try:
         channel = store.channel()

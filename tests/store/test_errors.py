@@ -8,8 +8,8 @@ import psycopg
 import psycopg.errors
 import psycopg_pool
 
-from store import errors
-from store.servicer import GRPC_STATUS
+from seriesflow.store import errors
+from seriesflow.store.servicer import GRPC_STATUS
 
 
 def _all_subclasses(cls: type) -> set[type]:

@@ -1,6 +1,8 @@
 """Requests a hurried or hostile client sends: each gets INVALID_ARGUMENT naming the field,
 with a short message, before any query runs; and counts that must reconcile do."""
 
+# ruff: noqa: F811  (fixtures are imported from st_harness: pytest finds them by name)
+
 from __future__ import annotations
 
 import json
@@ -11,11 +13,18 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+from st_harness import (  # noqa: F401 (fixtures)
+    StoreThread,
+    make_update,
+    running_store,
+    send,
+    shared_store,
+    ts,
+    uid,
+)
 
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
-
-from .conftest import StoreThread, make_update, send, ts, uid
 
 MEGABYTE = "x" * 1_000_000
 
@@ -148,7 +157,7 @@ def test_migrating_logs_revisions_but_not_alembic_plugin_chatter(database_url: s
 def test_a_hand_edited_page_token_is_invalid_argument_not_a_crash(
     stub: pb_grpc.SeriesStoreStub, method: str, request_type: type, keyset: list
 ) -> None:
-    from store import tokens
+    from seriesflow.store import tokens
 
     forged = tokens.encode(keyset, tokens.fingerprint(request_type()))
     code, details = _refusal(lambda: getattr(stub, method)(request_type(page_token=forged)))
@@ -159,7 +168,7 @@ def test_a_hand_edited_page_token_is_invalid_argument_not_a_crash(
 def test_a_hand_edited_get_series_token_is_invalid_argument(
     stub: pb_grpc.SeriesStoreStub,
 ) -> None:
-    from store import tokens
+    from seriesflow.store import tokens
 
     [series] = stub.ListSeries(pb.ListSeriesRequest(page_size=1)).series
     request_ = pb.GetSeriesRequest(series_instance_uid=series.series_instance_uid)

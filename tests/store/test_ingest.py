@@ -1,21 +1,25 @@
 """StoreSeries merging: acks, idempotency, order-freedom, completion, attributes."""
 
+# ruff: noqa: F811  (fixtures are imported from st_harness: pytest finds them by name)
+
 from __future__ import annotations
 
 import threading
 
-from seriesflow.v1 import series_store_pb2 as pb
-
-from .conftest import (
+from st_harness import (  # noqa: F401 (fixtures)
     StoreThread,
     catalog_snapshot,
     fresh_database,
     make_update,
+    migrated_url,
     rows,
+    running_store,
     send,
     store_config,
     uid,
 )
+
+from seriesflow.v1 import series_store_pb2 as pb
 
 
 def test_update_is_acked_ok_with_series_count_and_status(running_store: StoreThread) -> None:

@@ -1,13 +1,21 @@
 """Bad updates are rejected alone, naming the field; the stream and its neighbours go on."""
 
+# ruff: noqa: F811  (fixtures are imported from st_harness: pytest finds them by name)
+
 from __future__ import annotations
 
 import grpc
 import pytest
+from st_harness import (  # noqa: F401 (fixtures)
+    StoreThread,
+    make_update,
+    rows,
+    running_store,
+    send,
+    uid,
+)
 
 from seriesflow.v1 import series_store_pb2 as pb
-
-from .conftest import StoreThread, make_update, rows, send, uid
 
 
 def _bad(field: str) -> pb.SeriesUpdate:
@@ -127,7 +135,7 @@ def test_update_postgresql_refuses_is_rejected_alone_in_its_batch(
     """Defence in depth: if validation ever lets through something PostgreSQL refuses, the
     batch is retried update by update and only the culprit is rejected."""
     import store.stream
-    from store.validation import validate as real_validate
+    from seriesflow.store.validation import validate as real_validate
 
     def lax_validate(update: pb.SeriesUpdate, **kwargs: object) -> object:
         name = update.patient.patient_name

@@ -8,10 +8,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from store import migrate
-from store.config import StoreConfig
-from store.database import sqlalchemy_url
-from store.errors import SchemaNotAtHead
+from seriesflow import migrations
+from seriesflow.cli import migrate
+from seriesflow.migrations import sqlalchemy_url
+from seriesflow.store.config import StoreConfig
+from seriesflow.store.errors import SchemaNotAtHead
+from seriesflow.store.schema import require_head
 
 TABLES = {"patients", "studies", "series", "instances", "merge_conflicts"}
 
@@ -27,15 +29,15 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_from_empty_creates_every_table_then_downgrade_removes_them(
     database_url: str,
 ) -> None:
-    assert _tables(database_url) == set()
-    migrate.upgrade(database_url)
+    assert _tables(database_url) == frozenset()
+    migrations.upgrade(database_url)
     assert TABLES | {"alembic_version"} <= _tables(database_url)
-    assert migrate.current_revisions(database_url) == migrate.head_revisions()
-    migrate.downgrade(database_url)
+    assert migrations.current_revisions(database_url) == migrations.head_revisions()
+    migrations.downgrade(database_url)
     assert _tables(database_url) == {"alembic_version"}
-    assert migrate.current_revisions(database_url) == set()
+    assert migrations.current_revisions(database_url) == frozenset()
     # And up again: the downgrade left nothing behind that blocks a new upgrade.
-    migrate.upgrade(database_url)
+    migrations.upgrade(database_url)
     assert _tables(database_url) >= TABLES
 
 
@@ -43,31 +45,31 @@ def test_migrating_works_from_any_working_directory(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    migrate.upgrade(database_url)
+    migrations.upgrade(database_url)
     assert _tables(database_url) >= TABLES
 
 
 def test_require_head_refuses_an_empty_database_naming_the_fix(database_url: str) -> None:
     with pytest.raises(SchemaNotAtHead, match="seriesflow migrate"):
-        migrate.require_head(database_url)
+        require_head(database_url, migrations.head_revisions())
 
 
 def test_require_head_refuses_a_database_at_another_revision(database_url: str) -> None:
-    migrate.upgrade(database_url)
+    migrations.upgrade(database_url)
     with psycopg.connect(database_url) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'someoldrev'")
     with pytest.raises(SchemaNotAtHead, match=r"someoldrev.*seriesflow migrate"):
-        migrate.require_head(database_url)
+        require_head(database_url, migrations.head_revisions())
 
 
 def test_require_head_accepts_a_migrated_database(database_url: str) -> None:
-    migrate.upgrade(database_url)
-    migrate.require_head(database_url)
+    migrations.upgrade(database_url)
+    require_head(database_url, migrations.head_revisions())
 
 
 def test_migrate_main_brings_the_configured_database_to_head(database_url: str) -> None:
     assert migrate.main(StoreConfig(database_url=database_url)) == 0
-    migrate.require_head(database_url)
+    require_head(database_url, migrations.head_revisions())
 
 
 def test_migrate_main_fails_with_exit_code_on_unreachable_database() -> None:

@@ -1,5 +1,7 @@
 """Query RPCs over real gRPC: filters, ordering, paging, status codes, GetAttributes."""
 
+# ruff: noqa: F811  (fixtures are imported from st_harness: pytest finds them by name)
+
 from __future__ import annotations
 
 import json
@@ -7,11 +9,19 @@ import threading
 
 import grpc
 import pytest
+from st_harness import (  # noqa: F401 (fixtures)
+    StoreThread,
+    make_update,
+    rows,
+    running_store,
+    send,
+    shared_store,
+    ts,
+    uid,
+)
 
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
-
-from .conftest import StoreThread, make_update, rows, send, ts, uid
 
 
 def _stub(store: StoreThread) -> pb_grpc.SeriesStoreStub:

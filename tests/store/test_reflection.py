@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from google.protobuf import descriptor_pb2
 
+from seriesflow.store.reflection import pool_with_json_names
 from seriesflow.v1 import series_store_pb2 as pb
-from store.reflection import pool_with_json_names
 
 
 def _messages(protos: list[descriptor_pb2.DescriptorProto]) -> list[descriptor_pb2.DescriptorProto]:

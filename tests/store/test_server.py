@@ -1,5 +1,7 @@
 """The running server: SIGTERM, /metrics, TLS and mutual TLS, grpcurl via reflection."""
 
+# ruff: noqa: F811  (fixtures are imported from st_harness: pytest finds them by name)
+
 from __future__ import annotations
 
 import json
@@ -12,13 +14,22 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from st_harness import (  # noqa: F401 (fixtures)
+    StoreProcess,
+    StoreThread,
+    make_update,
+    migrated_url,
+    rows,
+    running_store,
+    send,
+    store_config,
+    uid,
+)
 
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
-from tests.conftest import require_tool
-from tests.pki import Pki, make_pki
-
-from .conftest import StoreProcess, StoreThread, make_update, rows, send, store_config, uid
+from conftest import require_tool
+from pki import Pki, make_pki
 
 
 def test_sigterm_ends_open_streams_unavailable_and_exits_zero(migrated_url: str) -> None:
@@ -54,7 +65,16 @@ def test_sigterm_ends_open_streams_unavailable_and_exits_zero(migrated_url: str)
 
 def test_store_refuses_to_start_on_a_schema_not_at_head(database_url: str) -> None:
     result = subprocess.run(
-        [".venv/bin/python", "-m", "store", "--grpc-port", "0", "--store-metrics-port", "0"],
+        [
+            ".venv/bin/python",
+            "-m",
+            "seriesflow",
+            "store",
+            "--grpc-port",
+            "0",
+            "--store-metrics-port",
+            "0",
+        ],
         cwd=Path(__file__).resolve().parents[2],
         env={"SERIESFLOW_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -211,6 +231,7 @@ def test_store_exits_with_a_clear_error_when_its_grpc_port_is_taken(migrated_url
             [
                 ".venv/bin/python",
                 "-m",
+                "seriesflow",
                 "store",
                 "--grpc-port",
                 str(port),

@@ -27,11 +27,12 @@ import pytest
 from conftest import new_database
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from seriesflow import migrations
+from seriesflow.store import probe
+from seriesflow.store.config import StoreConfig
+from seriesflow.store.server import RunningStore, start
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
-from store import migrate, probe
-from store.config import StoreConfig
-from store.server import RunningStore, start
 
 ROOT = Path(__file__).resolve().parents[2]
 _counter = itertools.count(1)
@@ -100,7 +101,7 @@ def send(channel: grpc.Channel, updates: Iterable[pb.SeriesUpdate]) -> list[pb.S
 
 @pytest.fixture
 def migrated_url(database_url: str) -> str:
-    migrate.upgrade(database_url)
+    migrations.upgrade(database_url)
     return database_url
 
 
@@ -124,7 +125,9 @@ class StoreThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        future = asyncio.run_coroutine_threadsafe(start(config, url), self.loop)
+        future = asyncio.run_coroutine_threadsafe(
+            start(config, url, migrations.head_revisions()), self.loop
+        )
         self.store: RunningStore = future.result(60)
         self.address = f"127.0.0.1:{self.store.grpc_port}"
         self._channels: list[grpc.Channel] = []
@@ -162,7 +165,7 @@ def running_store(migrated_url: str) -> Iterator[StoreThread]:
 def fresh_database(server_url: str) -> Iterator[str]:
     """A new database migrated to head on the test server, dropped afterwards."""
     with new_database(server_url) as url:
-        migrate.upgrade(url)
+        migrations.upgrade(url)
         yield url
 
 
@@ -196,6 +199,7 @@ class StoreProcess:
             [
                 sys.executable,
                 "-m",
+                "seriesflow",
                 "store",
                 "--listen-host",
                 "127.0.0.1",

@@ -25,10 +25,11 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from types import FrameType
 
-from receiver.config import ReceiverConfig
 from seriesflow import settings
-from store import database, migrate, probe
-from store.config import StoreConfig
+from seriesflow.cli import migrate
+from seriesflow.receiver.config import ReceiverConfig
+from seriesflow.store import database, probe
+from seriesflow.store.config import StoreConfig
 
 _log = logging.getLogger(__name__)
 

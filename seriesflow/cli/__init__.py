@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from seriesflow import __version__, logs, settings
-from seriesflow.scu import SenderConfig, add_send_arguments
+from seriesflow.cli.scu import SenderConfig, add_send_arguments
 
 if TYPE_CHECKING:
-    from receiver.config import ReceiverConfig
-    from store.config import StoreConfig
+    from seriesflow.receiver.config import ReceiverConfig
+    from seriesflow.store.config import StoreConfig
 
 
 def _config_classes() -> tuple[type[StoreConfig], type[ReceiverConfig]]:
     # Imported here so `seriesflow send --help` does not pay for grpc and psycopg.
-    from receiver.config import ReceiverConfig
-    from store.config import StoreConfig
+    from seriesflow.receiver.config import ReceiverConfig
+    from seriesflow.store.config import StoreConfig
 
     return StoreConfig, ReceiverConfig
 
@@ -77,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Every process of ours forks only to exec (pg_ctl, the children of `seriesflow run`).
+    # gRPC's fork handlers exist for fork-without-exec and have crashed such children
+    # (SIGSEGV before exec) while gRPC threads were busy. gRPC reads this when it is first
+    # imported, which the subcommands do only after this line.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -91,13 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     store_cls, receiver_cls = _config_classes()
     if args.command in ("send", "echo"):
-        from seriesflow import scu
+        from seriesflow.cli import scu
 
         sender = settings.load(SenderConfig, args=args)
         logs.configure("WARNING")
         return scu.send(sender, args.paths) if args.command == "send" else scu.echo(sender)
     if args.command == "run":
-        from seriesflow import run
+        from seriesflow.cli import run
 
         store_config = settings.load(store_cls, args=args)
         receiver_config = settings.load(receiver_cls, args=args)
@@ -106,19 +112,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("store", "migrate"):
         store_config = settings.load(store_cls, args=args)
         logs.configure(store_config.log_level)
+        from seriesflow import migrations
+
         if args.command == "migrate":
-            from store import migrate
+            from seriesflow.cli import migrate
 
             return migrate.main(store_config)
-        from store import server
+        from seriesflow.store import server
 
-        return server.main(store_config)
+        return server.main(store_config, migrations.head_revisions())
     receiver_config = settings.load(receiver_cls, args=args)
     logs.configure(receiver_config.log_level)
     if args.receiver_command == "dead-letters":
-        from receiver import dead_letters
+        from seriesflow.receiver import dead_letters
 
         return dead_letters.main(receiver_config, args.replay, args.update_ids)
-    from receiver import app
+    from seriesflow.receiver import app
 
     return app.main(receiver_config)
