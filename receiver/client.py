@@ -237,7 +237,8 @@ class StoreClient:
         elif ack.error.kind == pb.AckError.KIND_INVALID:
             self._on_invalid(pending, ack)
         else:
-            # Transient (database down): send it again after a pause, keep the stream.
+            # A kind this receiver does not know (a newer store): never drop acknowledged
+            # instances on a guess; send it again after a pause, keep the stream.
             LOG.warning(
                 "store could not take an update yet; will re-send",
                 extra={"fields": {"update_id": ack.update_id, "error": ack.error.message}},

@@ -25,7 +25,6 @@ LOG = logging.getLogger(__name__)
 _KIND_NAMES = {
     pb.AckError.KIND_UNSPECIFIED: "unspecified",
     pb.AckError.KIND_INVALID: "invalid",
-    pb.AckError.KIND_UNAVAILABLE: "unavailable",
 }
 
 

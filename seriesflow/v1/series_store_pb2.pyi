@@ -158,10 +158,8 @@ class AckError(_message.Message):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[AckError.Kind]
         KIND_INVALID: _ClassVar[AckError.Kind]
-        KIND_UNAVAILABLE: _ClassVar[AckError.Kind]
     KIND_UNSPECIFIED: AckError.Kind
     KIND_INVALID: AckError.Kind
-    KIND_UNAVAILABLE: AckError.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     FIELD_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]

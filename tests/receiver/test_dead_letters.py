@@ -31,7 +31,7 @@ class FussyStore(pb_grpc.SeriesStoreServicer):
 
     def __init__(self, refused: set[str], flaky: bool = False) -> None:
         self.refused = refused
-        self.flaky = flaky  # answer UNAVAILABLE the first time each update is seen
+        self.flaky = flaky  # reject with an unknown kind the first time each update is seen
         self.seen: list[pb.SeriesUpdate] = []
         self.lock = threading.Lock()
 
@@ -47,7 +47,7 @@ class FussyStore(pb_grpc.SeriesStoreServicer):
                     update_id=update.update_id,
                     ok=False,
                     error=pb.AckError(
-                        kind=pb.AckError.KIND_UNAVAILABLE, message="database restarting"
+                        kind=pb.AckError.KIND_UNSPECIFIED, message="a kind this receiver does not know"
                     ),
                 )
             elif update.series.series_instance_uid in self.refused:
@@ -127,7 +127,7 @@ def test_unknown_update_id_is_reported(make_receiver: MakeReceiver) -> None:
     assert "no dead letter with update id nope" in out.getvalue()
 
 
-def test_unavailable_acks_are_retried_on_the_same_stream_not_dead_lettered(
+def test_rejections_of_an_unknown_kind_are_retried_on_the_same_stream_not_dead_lettered(
     make_receiver: MakeReceiver, fussy: tuple[FussyStore, str]
 ) -> None:
     servicer, address = fussy
