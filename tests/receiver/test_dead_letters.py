@@ -47,7 +47,8 @@ class FussyStore(pb_grpc.SeriesStoreServicer):
                     update_id=update.update_id,
                     ok=False,
                     error=pb.AckError(
-                        kind=pb.AckError.KIND_UNSPECIFIED, message="a kind this receiver does not know"
+                        kind=pb.AckError.KIND_UNSPECIFIED,
+                        message="a kind this receiver does not know",
                     ),
                 )
             elif update.series.series_instance_uid in self.refused:

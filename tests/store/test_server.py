@@ -13,7 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import require_tool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pki import Pki, make_pki
 from st_harness import (  # noqa: F401 (fixtures)
     StoreProcess,
     StoreThread,
@@ -28,8 +30,6 @@ from st_harness import (  # noqa: F401 (fixtures)
 
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
-from conftest import require_tool
-from pki import Pki, make_pki
 
 
 def test_sigterm_ends_open_streams_unavailable_and_exits_zero(migrated_url: str) -> None:
