@@ -48,7 +48,7 @@ class FussyStore(pb_grpc.SeriesStoreServicer):
                     ok=False,
                     error=pb.AckError(
                         kind=pb.AckError.KIND_UNSPECIFIED,
-                        message="a kind this receiver does not know",
+                        message="unknown kind",
                     ),
                 )
             elif update.series.series_instance_uid in self.refused:
