@@ -15,6 +15,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv --without-pip /opt/seriesflow
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# seriesflow/store, seriesflow/receiver and seriesflow/migrations are relative symlinks to
+# the top-level folders below (COPY keeps them as links); the wheel holds real files.
 COPY seriesflow/ seriesflow/
 COPY store/ store/
 COPY receiver/ receiver/
@@ -24,7 +26,7 @@ COPY migrations/ migrations/
 # A regular (non-editable) install: the package is copied into site-packages and its
 # bytecode compiled now, so the read-only root filesystem never needs a __pycache__.
 RUN python -m pip --python /opt/seriesflow/bin/python install --no-cache-dir . \
- && /opt/seriesflow/bin/python -c "import seriesflow.cli, store, receiver, migrations"
+ && /opt/seriesflow/bin/python -c "import seriesflow.cli, seriesflow.store.server, seriesflow.receiver.app, seriesflow.migrations"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="seriesflow" \

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,8 @@ def docker_context_files() -> list[Path]:
             )
             if hit:
                 included = negate
-        if included and (ROOT / name).is_file():
+        path = ROOT / name
+        if included and (path.is_file() or path.is_symlink()):
             kept.append(Path(name))
     return kept
 
@@ -121,7 +123,8 @@ def test_build_stage_steps_install_a_seriesflow_that_runs(tmp_path: Path) -> Non
     context = tmp_path / "context"
     for name in docker_context_files():
         (context / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, context / name)
+        # As COPY does: seriesflow/store etc. stay relative symlinks to the folders beside.
+        shutil.copy2(ROOT / name, context / name, follow_symlinks=False)
     venv = tmp_path / "opt-seriesflow"
     wheels = tmp_path / "wheels"
     # The Dockerfile's steps: a venv without pip, then the base image's pip installing the
@@ -148,6 +151,14 @@ def test_build_stage_steps_install_a_seriesflow_that_runs(tmp_path: Path) -> Non
     )
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = wheels.glob("seriesflow-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        top_level = {name.split("/")[0] for name in archive.namelist()}
+        links = [
+            i.filename for i in archive.infolist() if (i.external_attr >> 16) & 0o170000 == 0o120000
+        ]
+    assert top_level == {"seriesflow", "seriesflow-0.1.0.dist-info"}, top_level
+    assert not links, f"the wheel must hold real files, not symlinks: {links}"
+    assert "seriesflow/store/server.py" in archive.namelist()
     install = subprocess.run(
         [
             sys.executable,

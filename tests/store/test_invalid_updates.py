@@ -134,7 +134,7 @@ def test_update_postgresql_refuses_is_rejected_alone_in_its_batch(
 ) -> None:
     """Defence in depth: if validation ever lets through something PostgreSQL refuses, the
     batch is retried update by update and only the culprit is rejected."""
-    import store.stream
+    from seriesflow.store import stream
     from seriesflow.store.validation import validate as real_validate
 
     def lax_validate(update: pb.SeriesUpdate, **kwargs: object) -> object:
@@ -144,7 +144,7 @@ def test_update_postgresql_refuses_is_rejected_alone_in_its_batch(
         valid.patient["patient_name"] = name  # smuggle the NUL past validation
         return valid
 
-    monkeypatch.setattr(store.stream, "validate", lax_validate)
+    monkeypatch.setattr(stream, "validate", lax_validate)
     updates = []
     for i in range(20):
         s = uid()
