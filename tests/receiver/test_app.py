@@ -77,6 +77,7 @@ def rejected_associations(receiver: Receiver) -> float:
 
 
 ENGINES = ["asyncio", "pynetdicom"]
+INTAKE_LOGGER = "seriesflow.receiver.intake"  # the package's import root is seriesflow
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -110,7 +111,7 @@ def test_associations_failing_an_ae_title_check_are_rejected_logged_and_counted(
     receiver = make_receiver(dicom_engine=engine, **policy)
     rejected_before = rejected_associations(receiver)
 
-    with caplog.at_level(logging.WARNING, logger="receiver.intake"):
+    with caplog.at_level(logging.WARNING, logger=INTAKE_LOGGER):
         refused = rx_send.associate(receiver.dicom_port, *refused_as)
     allowed = rx_send.associate(receiver.dicom_port, "MODALITY1", "STORESCP")
 
@@ -122,7 +123,7 @@ def test_associations_failing_an_ae_title_check_are_rejected_logged_and_counted(
     assert allowed.is_established
     assert allowed.send_c_echo().Status == 0
     allowed.release()
-    logged = [getattr(r, "fields", {}) for r in caplog.records if r.name == "receiver.intake"]
+    logged = [getattr(r, "fields", {}) for r in caplog.records if r.name == INTAKE_LOGGER]
     calling, called = refused_as
     assert any(
         (f.get("calling_ae_title"), f.get("called_ae_title"), f.get("why"))
