@@ -110,10 +110,6 @@ class StoreClient:
             self._cond.notify_all()
         return True
 
-    def in_flight(self) -> int:
-        with self._cond:
-            return len(self._backlog) + len(self._outstanding)
-
     def stop(self, drain_timeout: float) -> None:
         """Wait up to `drain_timeout` for queued updates' acks, then close the stream."""
         deadline = time.monotonic() + drain_timeout

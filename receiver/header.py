@@ -31,17 +31,6 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
-# Reasons for the instances counter: a fixed set so metric labels stay bounded.
-REASONS = (
-    "stored",
-    "missing_uid",
-    "malformed_uid",
-    "unparseable",
-    "spool_full",
-    "spool_unavailable",
-    "internal_error",
-)
-
 DEFLATED = "1.2.840.10008.1.2.1.99"
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 EXPLICIT_BIG = "1.2.840.10008.1.2.2"

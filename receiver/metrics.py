@@ -49,7 +49,6 @@ DEAD_LETTERS = Gauge(
     "seriesflow_receiver_dead_letters", "Updates the store rejected as invalid, kept aside"
 )
 
-STATUS_LABELS = ("success", "warning", "error", "out_of_resources")
 for _reason in ("idle", "released", "max_age"):
     SERIES_FLUSHED.labels(reason=_reason)
 for _result in ("accepted", "rejected"):

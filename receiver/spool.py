@@ -2,8 +2,8 @@
 
 One SQLite database in WAL mode under data_dir/spool. Writes go through one writer thread
 that commits whatever has queued up in one transaction ("group commit"), so any number of
-associations share each fsync; `append` returns only after its commit, which is what lets
-the SCP answer C-STORE success (contract 1).
+associations share each fsync; an instance's `append_later` future completes only after its
+commit, which is what lets the SCP answer C-STORE success (contract 1).
 
 Entries move through three states: pending (update_id NULL), assigned to an update
 (update_id set, sent or about to be), and gone (retired after the store's ack, or moved to
@@ -145,10 +145,6 @@ class Spool:
         return conn
 
     # -- writes (writer thread) -----------------------------------------------------
-
-    def append(self, series_uid: str, payload: bytes, received_at: float) -> int:
-        """Keep one instance durably; returns its sequence number once committed."""
-        return int(self.append_later(series_uid, payload, received_at).result())
 
     def append_later(
         self, series_uid: str, payload: bytes, received_at: float

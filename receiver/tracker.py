@@ -158,7 +158,3 @@ class Tracker:
                     wait = min(wait, group.last_at + self.released_grace)
                 waits.append(wait - now)
         return max(0.0, min(waits)) if waits else None
-
-    def open_series(self) -> int:
-        with self._lock:
-            return len(self._groups)
