@@ -20,18 +20,17 @@ from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from seriesflow import logs, settings
+from seriesflow.receiver import client, metrics, scp
+from seriesflow.receiver.admission import Admission
+from seriesflow.receiver.config import ReceiverConfig
+from seriesflow.receiver.flusher import Flusher
+from seriesflow.receiver.health import HealthServer
+from seriesflow.receiver.intake import Intake
+from seriesflow.receiver.server import DicomServer
+from seriesflow.receiver.spool import Spool
+from seriesflow.receiver.tracker import Tracker
 
-from . import client, metrics, scp
-from .admission import Admission
-from .config import ReceiverConfig
-from .flusher import Flusher
-from .health import HealthServer
-from .intake import Intake
-from .server import DicomServer
-from .spool import Spool
-from .tracker import Tracker
-
-LOG = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 _ASSOCIATION_DRAIN_SECONDS = 10.0
 _STREAM_DRAIN_SECONDS = 5.0
@@ -92,7 +91,7 @@ class Receiver:
             self.refresh_gauges,
         )
         self.health.start()
-        LOG.info(
+        _log.info(
             "receiver listening",
             extra={
                 "fields": {
@@ -154,7 +153,7 @@ class Receiver:
         self.spool.close()
         if self.health is not None:
             self.health.stop()
-        LOG.info("receiver stopped", extra={"fields": {"pending": self.spool.stats()[0]}})
+        _log.info("receiver stopped", extra={"fields": {"pending": self.spool.stats()[0]}})
 
     # -- health -----------------------------------------------------------------------
 
@@ -202,12 +201,12 @@ def main(config: ReceiverConfig) -> int:
     """Run until SIGTERM or SIGINT; exit code 0 after a clean shutdown."""
     logs.configure(config.log_level)
     quiet_libraries()
-    LOG.info("receiver starting", extra={"fields": {"config": settings.describe(config)}})
+    _log.info("receiver starting", extra={"fields": {"config": settings.describe(config)}})
     receiver = Receiver(config)
     try:
         receiver.start()
     except OSError as exc:
-        LOG.error(
+        _log.error(
             "receiver cannot start: a port is taken or the data folder is not writable",
             extra={"fields": {"error": str(exc)}},
         )
@@ -221,6 +220,6 @@ def main(config: ReceiverConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     while not stop.wait(1.0):
         pass
-    LOG.info("receiver stopping")
+    _log.info("receiver stopping")
     receiver.stop()
     return 0

@@ -20,12 +20,11 @@ from typing import Any
 
 import grpc
 
+from seriesflow.receiver import metrics
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
-from . import metrics
-
-LOG = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
@@ -162,13 +161,13 @@ class StoreClient:
                 self._handle_ack(ack)
                 acked = True
         except grpc.FutureTimeoutError:
-            LOG.warning(
+            _log.warning(
                 "store unreachable; instances stay in the spool until it is back",
                 extra={"fields": {"store_address": self.address}},
             )
         except grpc.RpcError as exc:
             if not self._stopping:
-                LOG.warning(
+                _log.warning(
                     "StoreSeries stream broke; reconnecting and re-sending unacked updates",
                     extra={"fields": {"code": str(exc.code()), "details": exc.details()}},
                 )
@@ -226,7 +225,9 @@ class StoreClient:
             pending = self._outstanding.pop(ack.update_id, None)
             self._cond.notify_all()
         if pending is None:
-            LOG.warning("ack for an unknown update", extra={"fields": {"update_id": ack.update_id}})
+            _log.warning(
+                "ack for an unknown update", extra={"fields": {"update_id": ack.update_id}}
+            )
             return
         if ack.ok:
             self._on_ok(pending, ack)
@@ -235,7 +236,7 @@ class StoreClient:
         else:
             # A kind this receiver does not know (a newer store): never drop acknowledged
             # instances on a guess; send it again after a pause, keep the stream.
-            LOG.warning(
+            _log.warning(
                 "store could not take an update yet; will re-send",
                 extra={"fields": {"update_id": ack.update_id, "error": ack.error.message}},
             )

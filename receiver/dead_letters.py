@@ -14,12 +14,11 @@ from typing import TextIO
 
 import grpc
 
+from seriesflow.receiver import client
+from seriesflow.receiver.config import ReceiverConfig
+from seriesflow.receiver.spool import DeadLetter, Spool
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
-
-from . import client
-from .config import ReceiverConfig
-from .spool import DeadLetter, Spool
 
 _REPLAY_TIMEOUT_SECONDS = 60.0
 

@@ -13,14 +13,13 @@ import threading
 import time
 import uuid
 
+from seriesflow.receiver import metrics, updates
+from seriesflow.receiver.client import Pending, StoreClient
+from seriesflow.receiver.spool import DeadLetter, Entry, Spool
+from seriesflow.receiver.tracker import Flush, Tracker
 from seriesflow.v1 import series_store_pb2 as pb
 
-from . import metrics, updates
-from .client import Pending, StoreClient
-from .spool import DeadLetter, Entry, Spool
-from .tracker import Flush, Tracker
-
-LOG = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 _KIND_NAMES = {
     pb.AckError.KIND_UNSPECIFIED: "unspecified",
@@ -63,7 +62,7 @@ class Flusher:
                     self._flush(flush)
                 except Exception:
                     # Never lose the loop: the entries stay in the spool, sent after restart.
-                    LOG.exception(
+                    _log.exception(
                         "flushing a series failed", extra={"fields": {"series": flush.series_uid}}
                     )
 
@@ -78,7 +77,7 @@ class Flusher:
             else:
                 assigned[entry.update_id].append(entry)
         if self._recovered:
-            LOG.info(
+            _log.info(
                 "spool recovered",
                 extra={
                     "fields": {
@@ -107,7 +106,7 @@ class Flusher:
             update_id = uuid.uuid4().hex
             self.spool.assign(update_id, completion, seqs)
             update = updates.merge(update_id, self.spool.payloads(seqs), completion)
-            LOG.debug(
+            _log.debug(
                 "series flushed",
                 extra={
                     "fields": {
@@ -136,7 +135,7 @@ class Flusher:
 
     def on_invalid(self, pending: Pending, ack: pb.SeriesAck) -> None:
         update = pending.update
-        LOG.error(
+        _log.error(
             "store rejected an update as invalid; kept as a dead letter "
             "(list with `seriesflow receiver dead-letters`)",
             extra={

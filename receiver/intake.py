@@ -16,12 +16,12 @@ import time
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from . import header, metrics
-from .header import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Rejection
-from .spool import Spool, SpoolError, SpoolFull
-from .tracker import Tracker
+from seriesflow.receiver import header, metrics
+from seriesflow.receiver.header import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Rejection
+from seriesflow.receiver.spool import Spool, SpoolError, SpoolFull
+from seriesflow.receiver.tracker import Tracker
 
-LOG = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 _STATUS_LABEL = {SUCCESS: "success", OUT_OF_RESOURCES: "out_of_resources"}
 # Comments we write ourselves; parser messages may quote values and stay out of INFO logs.
@@ -67,7 +67,7 @@ class Intake:
     ) -> None:
         metrics.ASSOCIATIONS.labels(result="rejected").inc()
         fields = {"calling_ae_title": calling_ae_title, "called_ae_title": called_ae_title}
-        LOG.warning("association rejected", extra={"fields": {**fields, "peer": peer, "why": why}})
+        _log.warning("association rejected", extra={"fields": {**fields, "peer": peer, "why": why}})
 
     # -- instances ----------------------------------------------------------------------
 
@@ -103,7 +103,7 @@ class Intake:
                 raw, transfer_syntax_uid, calling_ae_title, association, affected_sop_class_uid
             )
         except Exception:  # the last line of defence: a bug must not end the association
-            LOG.exception("unexpected error storing an instance")
+            _log.exception("unexpected error storing an instance")
             return _refuse(Rejection(CANNOT_UNDERSTAND, "internal_error", "internal error"))
 
     def _begin(
@@ -183,7 +183,7 @@ def _refuse(rejection: Rejection) -> Answer:
     fields = {"status": f"0x{rejection.status:04X}", "reason": rejection.reason}
     if rejection.reason in _LOGGABLE_REASONS:
         fields["comment"] = rejection.comment
-    LOG.info("instance refused", extra={"fields": fields})
+    _log.info("instance refused", extra={"fields": fields})
     return Answer(rejection.status, rejection.comment[:64])
 
 

@@ -11,7 +11,6 @@ instance costs its sender one error and nothing else (contract 4).
 
 from __future__ import annotations
 
-import logging
 import socket
 import ssl
 from pathlib import Path
@@ -21,12 +20,15 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from .admission import Admission
-from .contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, UNCOMPRESSED, VERIFICATION
-from .header import SUCCESS
-from .intake import Intake
-
-LOG = logging.getLogger(__name__)
+from seriesflow.receiver.admission import Admission
+from seriesflow.receiver.contexts import (
+    STORAGE_SOP_CLASSES,
+    TRANSFER_SYNTAXES,
+    UNCOMPRESSED,
+    VERIFICATION,
+)
+from seriesflow.receiver.header import SUCCESS
+from seriesflow.receiver.intake import Intake
 
 
 def build_ae(ae_title: str, max_associations: int, timeouts: tuple[float, float, float]) -> AE:

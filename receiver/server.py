@@ -19,12 +19,12 @@ import ssl
 import struct
 import threading
 
-from . import pdu
-from .admission import Admission
-from .contexts import ACCEPTANCE, negotiate
-from .intake import Answer, Intake
+from seriesflow.receiver import pdu
+from seriesflow.receiver.admission import Admission
+from seriesflow.receiver.contexts import ACCEPTANCE, negotiate
+from seriesflow.receiver.intake import Answer, Intake
 
-LOG = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 # What we accept per PDU: 256 KiB keeps a CT slice to two PDUs and memory per association
 # bounded; a sender must respect it (PS3.8 D.1).
@@ -116,17 +116,17 @@ class DicomServer:
         except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
             pass
         except pdu.ProtocolError as exc:
-            LOG.warning(
+            _log.warning(
                 "DICOM protocol error; association aborted", extra={"fields": {"error": str(exc)}}
             )
             association.send(pdu.abort())
         except TimeoutError:
-            LOG.info(
+            _log.info(
                 "association idle too long; aborted", extra={"fields": association.peer_fields()}
             )
             association.send(pdu.abort())
         except Exception:
-            LOG.exception("unexpected error in an association; aborted")
+            _log.exception("unexpected error in an association; aborted")
             association.send(pdu.abort())
         finally:
             self._tasks.discard(task)

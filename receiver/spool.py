@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-LOG = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 # Bytes counted per entry beyond its payload: row and index overhead, roughly.
 ENTRY_OVERHEAD = 96
@@ -271,7 +271,7 @@ class Spool:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self.last_commit_ok = False
-            LOG.error(
+            _log.error(
                 "spool write failed; answering 0xA700 until it works again",
                 extra={"fields": {"error": str(exc), "spool": str(self.path)}},
             )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from seriesflow.receiver.tracker import Reason
 from seriesflow.v1 import series_store_pb2 as pb
-
-from .tracker import Reason
 
 # Instances per update: keeps each message far below gRPC's 4 MiB default and each of the
 # store's transactions short. A bigger group is sent as several updates.
