@@ -7,6 +7,7 @@ from __future__ import annotations
 from st_harness import (  # noqa: F401 (fixtures)
     StoreThread,
     make_update,
+    migrated_url,
     rows,
     running_store,
     send,

@@ -16,6 +16,7 @@ import pytest
 from st_harness import (  # noqa: F401 (fixtures)
     StoreThread,
     make_update,
+    migrated_url,
     running_store,
     send,
     shared_store,

@@ -12,6 +12,7 @@ import pytest
 from st_harness import (  # noqa: F401 (fixtures)
     StoreThread,
     make_update,
+    migrated_url,
     rows,
     running_store,
     send,
