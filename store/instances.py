@@ -37,7 +37,7 @@ _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, the zero of PostgreSQL timesta
 @dataclass
 class SeriesState:
     num_instances: int
-    status: str  # RECEIVING or COMPLETE
+    status: str  # a text of store.vocabulary.STATUS_TO_PB: RECEIVING or COMPLETE
 
 
 @dataclass

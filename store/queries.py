@@ -17,18 +17,10 @@ from psycopg.rows import dict_row
 from seriesflow.store import request_fields, tokens
 from seriesflow.store.database import Connection
 from seriesflow.store.errors import BadRequest, NotFound
+from seriesflow.store.vocabulary import REASON_TO_PB, STATUS_FROM_PB, STATUS_TO_PB
 from seriesflow.v1 import series_store_pb2 as pb
 
 Row = dict[str, Any]
-
-STATUS_TO_PB = {"RECEIVING": pb.SERIES_STATUS_RECEIVING, "COMPLETE": pb.SERIES_STATUS_COMPLETE}
-STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
-REASON_TO_PB = {
-    "UNSPECIFIED": pb.COMPLETION_REASON_UNSPECIFIED,
-    "IDLE": pb.COMPLETION_REASON_IDLE,
-    "RELEASED": pb.COMPLETION_REASON_RELEASED,
-    "MAX_AGE": pb.COMPLETION_REASON_MAX_AGE,
-}
 
 SERIES_SELECT = """
     SELECT s.id, s.series_instance_uid, st.study_instance_uid, p.patient_id, p.patient_name,

@@ -35,11 +35,11 @@ from seriesflow.store.errors import (
 )
 from seriesflow.store.metrics import StoreMetrics
 from seriesflow.store.validation import InvalidUpdate, UndecodableUpdate, ValidUpdate, validate
+from seriesflow.store.vocabulary import STATUS_TO_PB
 from seriesflow.v1 import series_store_pb2 as pb
 
 _log = logging.getLogger(__name__)
 
-STATUS = {"RECEIVING": pb.SERIES_STATUS_RECEIVING, "COMPLETE": pb.SERIES_STATUS_COMPLETE}
 SHUTTING_DOWN = (
     "the store is shutting down; reconnect (to another replica) and re-send unacknowledged updates"
 )
@@ -304,7 +304,7 @@ class StreamSession:
                 update_id=update.update_id,
                 ok=True,
                 num_instances=state.num_instances,
-                status=STATUS[state.status],
+                status=STATUS_TO_PB[state.status],
             )
             acks.append((ack, update.received_at))
         return acks

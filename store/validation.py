@@ -29,6 +29,7 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
+from seriesflow.store.vocabulary import REASON_FROM_PB
 from seriesflow.v1 import series_store_pb2 as pb
 
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
@@ -62,13 +63,6 @@ SOURCE_TEXT: Final = {
 # Timestamp bounds PostgreSQL and Python both handle: 0001-01-01 .. 9999-12-31.
 _MIN_SECONDS: Final = -62135596800
 _MAX_SECONDS: Final = 253402300799
-
-REASONS: Final = {
-    pb.COMPLETION_REASON_UNSPECIFIED: "UNSPECIFIED",
-    pb.COMPLETION_REASON_IDLE: "IDLE",
-    pb.COMPLETION_REASON_RELEASED: "RELEASED",
-    pb.COMPLETION_REASON_MAX_AGE: "MAX_AGE",
-}
 
 
 class InvalidUpdate(ValueError):
@@ -302,7 +296,7 @@ def validate(update: pb.SeriesUpdate, *, received_at: float, max_instances: int)
     fallbacks = sorted(
         {_text(f, "text_decoding_fallbacks") for f in update.text_decoding_fallbacks if f}
     )
-    reason = REASONS.get(update.completion_reason)
+    reason = REASON_FROM_PB.get(update.completion_reason)
     if reason is None:
         raise InvalidUpdate("completion_reason", f"unknown value {update.completion_reason}")
     return ValidUpdate(
