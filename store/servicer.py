@@ -17,16 +17,8 @@ from google.protobuf.message import DecodeError, Message
 
 from seriesflow.store import attributes, queries
 from seriesflow.store.database import Connection
-from seriesflow.store.errors import (
-    BadRequest,
-    DatabaseFault,
-    DatabaseUnavailable,
-    NotFound,
-    RejectedData,
-    RetryableConflict,
-    SchemaNotAtHead,
-    StoreError,
-)
+from seriesflow.store.errors import DatabaseUnavailable, StoreError
+from seriesflow.store.grpc_status import GRPC_STATUS
 from seriesflow.store.stream import Shared, StreamSession
 from seriesflow.store.validation import decode_update
 from seriesflow.v1 import series_store_pb2 as pb
@@ -37,19 +29,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SeriesStore"].full_name
 
 # grpc ships no type stubs: its context type is Any to mypy either way.
 Context: TypeAlias = Any
-
-
-# Store errors -> gRPC status codes, in one table (tests/store/test_errors.py checks that
-# every StoreError has a row). Client mistakes are never INTERNAL.
-GRPC_STATUS: dict[type[StoreError], grpc.StatusCode] = {
-    BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    RejectedData: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    DatabaseUnavailable: grpc.StatusCode.UNAVAILABLE,
-    RetryableConflict: grpc.StatusCode.ABORTED,
-    SchemaNotAtHead: grpc.StatusCode.FAILED_PRECONDITION,
-    DatabaseFault: grpc.StatusCode.INTERNAL,
-}
 
 
 @dataclass(frozen=True)
