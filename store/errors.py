@@ -3,7 +3,8 @@
     StoreError
     ├── DatabaseUnavailable   PostgreSQL unreachable, shutting down, out of connections.
     │                         Transient: streams end UNAVAILABLE, the receiver re-sends.
-    ├── RetryableConflict     deadlock or serialization failure: the transaction is retried.
+    ├── RetryableConflict     deadlock or serialization failure: the transaction is retried
+    │                         (ABORTED if it keeps losing).
     ├── RejectedData          PostgreSQL refused the data itself (class 22/23): the update
     │                         is rejected alone as INVALID; re-sending cannot succeed.
     ├── SchemaNotAtHead       tables missing or at another revision: run `seriesflow migrate`.
@@ -11,7 +12,8 @@
     ├── BadRequest            a query request is malformed; `field` names the culprit.
     └── NotFound              the series / study asked for is not in the catalog.
 
-psycopg is only ever translated here (`translate`), at the database boundary.
+psycopg is only ever translated here (`translate`), at the database boundary; what each
+error becomes at the gRPC boundary is the table in store.grpc_status.
 """
 
 from __future__ import annotations

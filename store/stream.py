@@ -9,8 +9,10 @@ an earlier in-flight batch waits for it: updates of a series commit in stream or
 Each update gets one ack, sent after its transaction committed; invalid updates are acked
 (ok=false, INVALID) on their own and cost nothing else.
 
-If PostgreSQL is unavailable the stream ends with UNAVAILABLE and unacked updates stay
-unacked: the receiver reconnects and re-sends them, which the idempotent merge makes safe.
+If a batch fails in PostgreSQL the stream ends with the code store.grpc_status gives its
+error (UNAVAILABLE when PostgreSQL is down, ABORTED for a lost race, ...) and unacked
+updates stay unacked: the receiver reconnects and re-sends them, which the idempotent merge
+makes safe.
 """
 
 from __future__ import annotations
@@ -26,13 +28,8 @@ import grpc
 
 from seriesflow.store import ingest
 from seriesflow.store.database import Database
-from seriesflow.store.errors import (
-    DatabaseUnavailable,
-    RejectedData,
-    RetryableConflict,
-    SchemaNotAtHead,
-    StoreError,
-)
+from seriesflow.store.errors import DatabaseUnavailable, RejectedData, StoreError
+from seriesflow.store.grpc_status import GRPC_STATUS, TRANSIENT
 from seriesflow.store.metrics import StoreMetrics
 from seriesflow.store.validation import InvalidUpdate, UndecodableUpdate, ValidUpdate, validate
 from seriesflow.store.vocabulary import STATUS_TO_PB
@@ -312,20 +309,18 @@ class StreamSession:
     def _fail(self, exc: StoreError, pending: int) -> None:
         """End the stream; its unacked updates will be re-sent by the receiver."""
         self._metrics.updates.labels(result="unavailable").inc(pending)
-        if isinstance(exc, DatabaseUnavailable | RetryableConflict):
+        code = GRPC_STATUS[type(exc)]
+        if code in TRANSIENT:
             _log.warning(
                 "stream ended: database unavailable", extra={"fields": {"error": str(exc)}}
             )
-            abort = _Abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"{exc}; reconnect and re-send unacknowledged updates",
-            )
-        elif isinstance(exc, SchemaNotAtHead):
-            abort = _Abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        else:
+            message = f"{exc}; reconnect and re-send unacknowledged updates"
+        elif code == grpc.StatusCode.INTERNAL:
             _log.error("stream ended: database error", extra={"fields": {"error": str(exc)}})
-            abort = _Abort(grpc.StatusCode.INTERNAL, f"store database error: {exc}")
-        self._outbox.put_nowait(abort)
+            message = f"store database error: {exc}"
+        else:
+            message = str(exc)
+        self._outbox.put_nowait(_Abort(code, message))
 
 
 def _size(item: Any) -> int:
