@@ -1,18 +1,20 @@
 """Read one received dataset's header: parse, decode text, validate UIDs, build the spool record.
 
 Pixel data is never decoded or even parsed: reading stops at the first pixel data element.
-Every failure is raised as a `Rejection` carrying the DICOM status the sender gets; the SCP
-handler turns it into the C-STORE response (handlers never raise).
+Every reason a header cannot be used is raised as a `HeaderError`; what the sender is told
+is decided by receiver.intake, which maps each reason to a C-STORE status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import re
 import zlib
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydicom.charset import convert_encodings, default_encoding, python_encoding
@@ -25,11 +27,8 @@ from pydicom.valuerep import PersonName
 
 from seriesflow.v1 import series_store_pb2 as pb
 
-# C-STORE statuses (PS3.4 B.2.3). 0xA7xx tells the sender to retry later; 0xA9xx/0xCxxx not.
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
+# Why a header cannot be used. A fixed set: it ends up as a metric label.
+HeaderReason = Literal["missing_uid", "malformed_uid", "unparseable"]
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
@@ -76,14 +75,34 @@ def _encodings(dataset: Dataset) -> list[str]:
     return list(convert_encodings(terms))
 
 
-class Rejection(Exception):
-    """The instance cannot be accepted; `status` and `comment` go back to the sender."""
+class HeaderError(Exception):
+    """Raised when a header cannot be used: it does not parse as DICOM, is truncated, or
+    lacks a usable StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID.
 
-    def __init__(self, status: int, reason: str, comment: str) -> None:
+    `reason` names the kind of failure; `comment` says it in words for the sender's
+    ErrorComment and may quote the dataset's values (so it stays out of INFO logs unless
+    we wrote every word). The instance cannot be recovered here: the sender gets an error
+    status and has to send it again, corrected.
+    """
+
+    def __init__(self, reason: HeaderReason, comment: str) -> None:
         super().__init__(comment)
-        self.status = status
-        self.reason = reason
+        self.reason: HeaderReason = reason
         self.comment = comment
+
+
+@contextlib.contextmanager
+def unparseable_on_failure() -> Iterator[None]:
+    """Raise whatever pydicom raises on hostile bytes as HeaderError("unparseable").
+
+    Needed around reading values as much as around parsing: values stay raw until first
+    used, so a value pydicom cannot convert fails only when it is read."""
+    try:
+        yield
+    except HeaderError:
+        raise
+    except Exception as exc:  # pydicom raises many types on hostile bytes
+        raise HeaderError("unparseable", f"dataset cannot be parsed: {exc}"[:200]) from None
 
 
 @dataclasses.dataclass
@@ -129,9 +148,7 @@ def _read(raw: bytes, transfer_syntax_uid: str) -> Dataset:
         try:
             raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
         except zlib.error as exc:
-            raise Rejection(
-                CANNOT_UNDERSTAND, "unparseable", f"deflated dataset does not inflate: {exc}"
-            ) from None
+            raise HeaderError("unparseable", f"deflated dataset does not inflate: {exc}") from None
     seen: list[tuple[int, int, int]] = []
     stream = io.BytesIO(raw)
 
@@ -140,44 +157,32 @@ def _read(raw: bytes, transfer_syntax_uid: str) -> Dataset:
         seen.append((tag, length, stream.tell()))
         return tag in _PIXEL_TAGS
 
-    try:
+    with unparseable_on_failure():
         # Values stay raw until used: converting all ~250 elements of a CT header would
         # cost more than parsing it, and only a few are needed per instance.
         dataset = read_dataset(stream, implicit, little, stop_when=stop)
-    except Rejection:
-        raise
-    except Exception as exc:  # pydicom raises many types on hostile bytes
-        raise Rejection(
-            CANNOT_UNDERSTAND, "unparseable", f"dataset cannot be parsed: {exc}"[:200]
-        ) from None
     _check_complete(seen, len(raw))
     return dataset
 
 
 def _check_complete(seen: list[tuple[int, int, int]], total: int) -> None:
     if not seen:
-        raise Rejection(CANNOT_UNDERSTAND, "unparseable", "dataset is empty or not DICOM")
+        raise HeaderError("unparseable", "dataset is empty or not DICOM")
     tag, length, end_of_header = seen[-1]
     if tag in _PIXEL_TAGS:
         if length != _UNDEFINED and end_of_header + length > total:
-            raise Rejection(
-                CANNOT_UNDERSTAND, "unparseable", "dataset is truncated inside its pixel data"
-            )
+            raise HeaderError("unparseable", "dataset is truncated inside its pixel data")
         return
     if length == _UNDEFINED:
         return  # a sequence: its items were parsed with their own length checks
     missing = end_of_header + length - total
     if missing > 0:
-        raise Rejection(
-            CANNOT_UNDERSTAND,
-            "unparseable",
-            f"dataset is truncated: element {_tag(tag)} lacks {missing} bytes",
+        raise HeaderError(
+            "unparseable", f"dataset is truncated: element {_tag(tag)} lacks {missing} bytes"
         )
     if missing < 0:
-        raise Rejection(
-            CANNOT_UNDERSTAND,
-            "unparseable",
-            f"dataset is truncated or has {-missing} stray bytes after {_tag(tag)}",
+        raise HeaderError(
+            "unparseable", f"dataset is truncated or has {-missing} stray bytes after {_tag(tag)}"
         )
 
 
@@ -189,15 +194,12 @@ def _uid(dataset: Dataset, keyword: str) -> str:
     element = _get(dataset, keyword)
     value = "" if element is None else element
     if isinstance(value, MultiValue):
-        raise Rejection(
-            DATASET_DOES_NOT_MATCH, "malformed_uid", f"{keyword} has more than one value"
-        )
+        raise HeaderError("malformed_uid", f"{keyword} has more than one value")
     text = str(value).replace("\x00", "").strip()
     if not text:
-        raise Rejection(DATASET_DOES_NOT_MATCH, "missing_uid", f"{keyword} is missing or empty")
+        raise HeaderError("missing_uid", f"{keyword} is missing or empty")
     if len(text) > 64 or not _UID.match(text):
-        raise Rejection(
-            DATASET_DOES_NOT_MATCH,
+        raise HeaderError(
             "malformed_uid",
             f"{keyword} is malformed (expected digits and dots, at most 64 characters)",
         )

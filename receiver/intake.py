@@ -13,19 +13,44 @@ import dataclasses
 import logging
 import threading
 import time
+from typing import Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from seriesflow.receiver import header, metrics
-from seriesflow.receiver.header import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, Rejection
+from seriesflow.receiver.header import HeaderError, HeaderReason
 from seriesflow.receiver.spool import Spool, SpoolError, SpoolFull
 from seriesflow.receiver.tracker import Tracker
 
 _log = logging.getLogger(__name__)
 
+# C-STORE statuses (PS3.4 B.2.3). 0xA7xx tells the sender to retry later; 0xA9xx/0xCxxx not.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+# Why an instance is refused: what its header lacks, or what stopped the intake. A fixed
+# set, since it is the `reason` label of the instances counter.
+Refusal = Literal[HeaderReason, "spool_full", "spool_unavailable", "internal_error"]
+
+# The one place a refusal becomes the status its sender gets (tests/receiver/test_intake.py
+# checks that every reason has one).
+REFUSAL_STATUS: dict[Refusal, int] = {
+    "missing_uid": DATASET_DOES_NOT_MATCH,
+    "malformed_uid": DATASET_DOES_NOT_MATCH,
+    "unparseable": CANNOT_UNDERSTAND,
+    # A full or failing spool is temporary: the sender should retry, not give up.
+    "spool_full": OUT_OF_RESOURCES,
+    "spool_unavailable": OUT_OF_RESOURCES,
+    "internal_error": CANNOT_UNDERSTAND,
+}
+
 _STATUS_LABEL = {SUCCESS: "success", OUT_OF_RESOURCES: "out_of_resources"}
 # Comments we write ourselves; parser messages may quote values and stay out of INFO logs.
-_LOGGABLE_REASONS = frozenset({"missing_uid", "malformed_uid", "spool_full", "spool_unavailable"})
+_LOGGABLE_REASONS: frozenset[Refusal] = frozenset(
+    {"missing_uid", "malformed_uid", "spool_full", "spool_unavailable"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +129,7 @@ class Intake:
             )
         except Exception:  # the last line of defence: a bug must not end the association
             _log.exception("unexpected error storing an instance")
-            return _refuse(Rejection(CANNOT_UNDERSTAND, "internal_error", "internal error"))
+            return _refuse("internal_error", "internal error")
 
     def _begin(
         self, raw: bytes, syntax: str, calling: str, association: int, sop_class: str
@@ -125,11 +150,10 @@ class Intake:
                 receiver_id=self.receiver_id,
                 representative=False,
             )
-        except Rejection as rejection:
-            return _refuse(rejection)
+        except HeaderError as error:
+            return _refuse(error.reason, error.comment)
         except Exception as exc:  # values pydicom cannot convert (hostile bytes)
-            comment = f"dataset cannot be parsed: {exc}"
-            return _refuse(Rejection(CANNOT_UNDERSTAND, "unparseable", comment))
+            return _refuse("unparseable", f"dataset cannot be parsed: {exc}")
         if representative:
             try:
                 record.representative_header_json = header.representative_json(parsed)
@@ -172,19 +196,18 @@ class Committing:
 
 def _spool_refusal(exc: SpoolError) -> Answer:
     if isinstance(exc, SpoolFull):
-        return _refuse(Rejection(OUT_OF_RESOURCES, "spool_full", f"spool full: {exc}"))
-    return _refuse(Rejection(OUT_OF_RESOURCES, "spool_unavailable", str(exc)))
+        return _refuse("spool_full", f"spool full: {exc}")
+    return _refuse("spool_unavailable", str(exc))
 
 
-def _refuse(rejection: Rejection) -> Answer:
-    metrics.INSTANCES.labels(
-        status=_STATUS_LABEL.get(rejection.status, "error"), reason=rejection.reason
-    ).inc()
-    fields = {"status": f"0x{rejection.status:04X}", "reason": rejection.reason}
-    if rejection.reason in _LOGGABLE_REASONS:
-        fields["comment"] = rejection.comment
+def _refuse(reason: Refusal, comment: str) -> Answer:
+    status = REFUSAL_STATUS[reason]
+    metrics.INSTANCES.labels(status=_STATUS_LABEL.get(status, "error"), reason=reason).inc()
+    fields = {"status": f"0x{status:04X}", "reason": reason}
+    if reason in _LOGGABLE_REASONS:
+        fields["comment"] = comment
     _log.info("instance refused", extra={"fields": fields})
-    return Answer(rejection.status, rejection.comment[:64])
+    return Answer(status, comment[:64])
 
 
 def _timestamp(seconds: float) -> Timestamp:

@@ -27,8 +27,7 @@ from seriesflow.receiver.contexts import (
     UNCOMPRESSED,
     VERIFICATION,
 )
-from seriesflow.receiver.header import SUCCESS
-from seriesflow.receiver.intake import Intake
+from seriesflow.receiver.intake import SUCCESS, Intake
 
 
 def build_ae(ae_title: str, max_associations: int, timeouts: tuple[float, float, float]) -> AE:

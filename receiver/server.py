@@ -22,7 +22,7 @@ import threading
 from seriesflow.receiver import pdu
 from seriesflow.receiver.admission import Admission
 from seriesflow.receiver.contexts import ACCEPTANCE, negotiate
-from seriesflow.receiver.intake import Answer, Intake
+from seriesflow.receiver.intake import SUCCESS, Answer, Intake
 
 _log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class _Association:
         sop_class = pdu.ui(command, 0x0002)
         abstract, syntax = self.contexts[context_id]
         if field == pdu.C_ECHO_RQ:
-            reply = pdu.response(pdu.C_ECHO_RSP, message_id, sop_class or abstract, None, 0)
+            reply = pdu.response(pdu.C_ECHO_RSP, message_id, sop_class or abstract, None, SUCCESS)
         elif field == pdu.C_STORE_RQ:
             sop_instance = pdu.ui(command, 0x1000)
             # Parsing runs here, on the loop (CPU under the GIL either way; a thread hop

@@ -9,7 +9,7 @@ import rx_dicom
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydicom.dataset import Dataset
 
-from seriesflow.receiver import header
+from seriesflow.receiver import header, intake
 from seriesflow.receiver.app import quiet_libraries
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -85,10 +85,10 @@ def test_bulk_data_and_pixels_are_left_out_of_the_representative_header() -> Non
 def test_unusable_series_uids_are_refused_with_a_named_reason(uid: str, reason: str) -> None:
     ds = rx_dicom.instance(rx_dicom.SeriesSpec(), 1)
     ds.SeriesInstanceUID = uid
-    with pytest.raises(header.Rejection) as refused:
+    with pytest.raises(header.HeaderError) as refused:
         header.parse(rx_dicom.encode(ds), EXPLICIT_LE)
     assert refused.value.reason == reason
-    assert refused.value.status == header.DATASET_DOES_NOT_MATCH
+    assert intake.REFUSAL_STATUS[refused.value.reason] == intake.DATASET_DOES_NOT_MATCH
     assert "SeriesInstanceUID" in refused.value.comment
 
 
