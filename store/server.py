@@ -33,7 +33,6 @@ from seriesflow.store.metrics import StoreMetrics
 from seriesflow.store.schema import require_head
 from seriesflow.store.servicer import SERVICE_NAME, SeriesStoreServicer, generic_handler
 from seriesflow.store.stream import Limits, Shared
-from seriesflow.v1 import series_store_pb2 as pb
 
 _log = logging.getLogger(__name__)
 
@@ -249,4 +248,4 @@ def main(config: StoreConfig, schema_heads: Set[str]) -> int:
             stop_embedded()
 
 
-__all__ = ["RunningStore", "main", "pb", "serve", "start"]
+__all__ = ["RunningStore", "main", "serve", "start"]
