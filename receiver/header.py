@@ -1,8 +1,9 @@
-"""Read one received dataset's header: parse, decode text, validate UIDs, build the spool record.
+"""Read one received dataset's header: parse it, decode its text, validate its UIDs.
 
 Pixel data is never decoded or even parsed: reading stops at the first pixel data element.
 Every reason a header cannot be used is raised as a `HeaderError`; what the sender is told
-is decided by receiver.intake, which maps each reason to a C-STORE status.
+is decided by receiver.intake, which maps each reason to a C-STORE status. receiver.record
+turns a parsed header into the record the spool keeps.
 """
 
 from __future__ import annotations
@@ -10,22 +11,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import re
 import zlib
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from pydicom.charset import convert_encodings, default_encoding, python_encoding
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
-
-from seriesflow.v1 import series_store_pb2 as pb
 
 # Why a header cannot be used. A fixed set: it ends up as a metric label.
 HeaderReason = Literal["missing_uid", "malformed_uid", "unparseable"]
@@ -36,7 +33,6 @@ EXPLICIT_BIG = "1.2.840.10008.1.2.2"
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _UNDEFINED = 0xFFFFFFFF
-_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 # Lenient on purpose: leading zeros inside a component are invalid DICOM but common in the
 # wild and harmless as identifiers, so only structure and length are enforced.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -115,16 +111,16 @@ class ParsedHeader:
     sop_instance_uid: str
     size_bytes: int
     transfer_syntax_uid: str
-    fallbacks: set[str]
-    fallback_sop_class_uid: str = ""  # used when the dataset's SOPClassUID is unusable
+    fallbacks: set[str]  # keywords whose text was decoded best-effort; grows as values are read
     encodings: list[str] = dataclasses.field(default_factory=list)
 
 
 def parse(raw: bytes, transfer_syntax_uid: str) -> ParsedHeader:
     """Parse the header of a C-STORE dataset encoded in `transfer_syntax_uid`."""
-    dataset = _read(raw, transfer_syntax_uid)
+    with unparseable_on_failure():
+        dataset = _read(raw, transfer_syntax_uid)
+        uids = [_uid(dataset, keyword) for keyword in _REQUIRED_UIDS]
     fallbacks: set[str] = set()
-    uids = [_uid(dataset, keyword) for keyword in _REQUIRED_UIDS]
     try:
         encodings = _encodings(dataset)
     except Exception:  # a SpecificCharacterSet pydicom cannot even read: decode as ASCII
@@ -157,10 +153,9 @@ def _read(raw: bytes, transfer_syntax_uid: str) -> Dataset:
         seen.append((tag, length, stream.tell()))
         return tag in _PIXEL_TAGS
 
-    with unparseable_on_failure():
-        # Values stay raw until used: converting all ~250 elements of a CT header would
-        # cost more than parsing it, and only a few are needed per instance.
-        dataset = read_dataset(stream, implicit, little, stop_when=stop)
+    # Values stay raw until used: converting all ~250 elements of a CT header would cost
+    # more than parsing it, and only a few are needed per instance.
+    dataset = read_dataset(stream, implicit, little, stop_when=stop)
     _check_complete(seen, len(raw))
     return dataset
 
@@ -230,13 +225,15 @@ def _scalar(value: Any) -> str:
     return str(value).strip()
 
 
-def sop_class_uid(header: ParsedHeader) -> str:
-    """The dataset's SOPClassUID when well-formed, else the one the C-STORE named."""
+def sop_class_uid(header: ParsedHeader, negotiated: str) -> str:
+    """The dataset's SOPClassUID when well-formed, else `negotiated`, the one the C-STORE named.
+
+    The negotiated class is valid by construction; a dataset's own SOPClassUID may not be,
+    and the store would refuse the whole series' update for it."""
     value = text(header, "SOPClassUID").strip()
     if value and len(value) <= 64 and _UID.match(value):
         return value
-    fallback = header.fallback_sop_class_uid
-    return fallback if fallback and len(fallback) <= 64 and _UID.match(fallback) else ""
+    return negotiated if negotiated and len(negotiated) <= 64 and _UID.match(negotiated) else ""
 
 
 def integer(header: ParsedHeader, keyword: str) -> int | None:
@@ -263,108 +260,3 @@ def charset_fallback(header: ParsedHeader) -> None:
         cleaned = str(term).strip()
         if cleaned and cleaned not in python_encoding:
             header.fallbacks.add("SpecificCharacterSet")
-
-
-def build_record(
-    header: ParsedHeader,
-    *,
-    received_at: Timestamp,
-    calling_ae_title: str,
-    called_ae_title: str,
-    receiver_id: str,
-    representative: bool,
-) -> pb.SeriesUpdate:
-    """The instance as a one-instance SeriesUpdate: the unit the spool keeps."""
-    charset_fallback(header)
-    record = pb.SeriesUpdate(
-        patient=pb.PatientAttributes(
-            patient_id=text(header, "PatientID"),
-            issuer_of_patient_id=text(header, "IssuerOfPatientID"),
-            patient_name=text(header, "PatientName"),
-            patient_birth_date=text(header, "PatientBirthDate"),
-            patient_sex=text(header, "PatientSex"),
-        ),
-        study=pb.StudyAttributes(
-            study_instance_uid=header.study_uid,
-            study_date=text(header, "StudyDate"),
-            study_time=text(header, "StudyTime"),
-            study_description=text(header, "StudyDescription"),
-            accession_number=text(header, "AccessionNumber"),
-            study_id=text(header, "StudyID"),
-            referring_physician_name=text(header, "ReferringPhysicianName"),
-        ),
-        series=pb.SeriesAttributes(
-            series_instance_uid=header.series_uid,
-            modality=text(header, "Modality"),
-            series_number=integer(header, "SeriesNumber"),
-            series_description=text(header, "SeriesDescription"),
-            body_part_examined=text(header, "BodyPartExamined"),
-            manufacturer=text(header, "Manufacturer"),
-            manufacturer_model_name=text(header, "ManufacturerModelName"),
-            station_name=text(header, "StationName"),
-            institution_name=text(header, "InstitutionName"),
-            series_date=text(header, "SeriesDate"),
-            series_time=text(header, "SeriesTime"),
-            protocol_name=text(header, "ProtocolName"),
-        ),
-        instances=[
-            pb.Instance(
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=sop_class_uid(header),
-                instance_number=integer(header, "InstanceNumber"),
-                transfer_syntax_uid=header.transfer_syntax_uid,
-                size_bytes=header.size_bytes,
-                received_at=received_at,
-            )
-        ],
-        source=pb.Source(
-            calling_ae_title=calling_ae_title,
-            called_ae_title=called_ae_title,
-            receiver_id=receiver_id,
-        ),
-    )
-    if representative:
-        record.representative_header_json = representative_json(header)
-    record.text_decoding_fallbacks.extend(sorted(header.fallbacks))
-    return record
-
-
-def representative_json(header: ParsedHeader) -> str:
-    """The header as DICOM JSON (PS3.18 F) without bulk data, NUL characters removed.
-
-    Also records decoding fallbacks for every text attribute it meets.
-    """
-
-    def drop_bulk(element: DataElement) -> str:
-        return ""  # replaced by a BulkDataURI key that `_clean` then removes
-
-    as_dict = header.dataset.to_json_dict(
-        bulk_data_threshold=1024, bulk_data_element_handler=drop_bulk
-    )
-    _scan_text(header.dataset, header.fallbacks)
-    return json.dumps(_clean(as_dict), ensure_ascii=False, separators=(",", ":"))
-
-
-def _scan_text(dataset: Dataset, fallbacks: set[str]) -> None:
-    for element in dataset.iterall():
-        if isinstance(element, RawDataElement) or element.VR not in _TEXT_VRS:
-            continue
-        if "\ufffd" in str(element.value):
-            fallbacks.add(element.keyword or f"{element.tag:08X}")
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        if "BulkDataURI" in value:
-            return None
-        out = {}
-        for key, item in value.items():
-            cleaned = _clean(item)
-            if cleaned is not None:
-                out[key] = cleaned
-        return out
-    if isinstance(value, list):
-        return [_clean(item) for item in value]
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    return value

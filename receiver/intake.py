@@ -15,9 +15,7 @@ import threading
 import time
 from typing import Literal
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from seriesflow.receiver import header, metrics
+from seriesflow.receiver import header, metrics, record
 from seriesflow.receiver.header import HeaderError, HeaderReason
 from seriesflow.receiver.spool import Spool, SpoolError, SpoolFull
 from seriesflow.receiver.tracker import Tracker
@@ -138,36 +136,26 @@ class Intake:
         received = time.time()
         try:
             parsed = header.parse(raw, syntax)
-            # The negotiated class is valid by construction; a dataset's own SOPClassUID
-            # may not be, and the store would refuse the whole series' update for it.
-            parsed.fallback_sop_class_uid = sop_class
-            representative = self.tracker.needs_representative(parsed.series_uid)
-            record = header.build_record(
+            spooled = record.build(
                 parsed,
-                received_at=_timestamp(received),
+                received_at=received,
+                negotiated_sop_class_uid=sop_class,
                 calling_ae_title=calling,
                 called_ae_title=self.ae_title,
                 receiver_id=self.receiver_id,
-                representative=False,
+                # The first instance of each series group carries the full header.
+                representative=self.tracker.needs_representative(parsed.series_uid),
             )
         except HeaderError as error:
             return _refuse(error.reason, error.comment)
-        except Exception as exc:  # values pydicom cannot convert (hostile bytes)
-            return _refuse("unparseable", f"dataset cannot be parsed: {exc}")
-        if representative:
-            try:
-                record.representative_header_json = header.representative_json(parsed)
-                record.text_decoding_fallbacks[:] = sorted(parsed.fallbacks)
-            except Exception:
-                # An element would not render as JSON: keep the instance; another instance
-                # of the series will be the representative.
-                representative = False
         try:
             future = self.spool.append_later(
-                parsed.series_uid, record.SerializeToString(), received
+                parsed.series_uid, spooled.SerializeToString(), received
             )
         except SpoolError as exc:
             return _spool_refusal(exc)
+        # Asked for but not rendered, the header is left to a later instance of the series.
+        representative = bool(spooled.representative_header_json)
         return Committing(
             self.tracker, future, parsed.series_uid, association, representative, received
         )
@@ -208,9 +196,3 @@ def _refuse(reason: Refusal, comment: str) -> Answer:
         fields["comment"] = comment
     _log.info("instance refused", extra={"fields": fields})
     return Answer(status, comment[:64])
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp

@@ -1,0 +1,150 @@
+"""One parsed instance as the record the spool keeps: a one-instance SeriesUpdate.
+
+Everything the store needs of an instance is read from its header here, once, before the
+C-STORE is answered: patient, study and series attributes, the instance itself, where it
+came from and, when asked, the series' representative header as DICOM JSON (PS3.18 F,
+bulk data left out). Text that only decoded best-effort is named in
+text_decoding_fallbacks (contract 4). receiver.updates later merges a series' records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+
+from seriesflow.receiver import header
+from seriesflow.receiver.header import ParsedHeader
+from seriesflow.v1 import series_store_pb2 as pb
+
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
+
+
+def build(
+    parsed: ParsedHeader,
+    *,
+    received_at: float,
+    negotiated_sop_class_uid: str,
+    calling_ae_title: str,
+    called_ae_title: str,
+    receiver_id: str,
+    representative: bool,
+) -> pb.SeriesUpdate:
+    """The instance as a one-instance SeriesUpdate; `received_at` is time.time() seconds.
+
+    With `representative`, the record also carries the whole header as DICOM JSON, unless
+    it cannot be rendered: then the record goes without it (`representative_header_json`
+    stays empty) and the instance is still stored; another instance of the series will be
+    the representative. Raises HeaderError("unparseable") for a value pydicom cannot read.
+    """
+    # Values are converted on first read, so hostile bytes may fail only here.
+    with header.unparseable_on_failure():
+        header.charset_fallback(parsed)
+        record = pb.SeriesUpdate(
+            patient=pb.PatientAttributes(
+                patient_id=header.text(parsed, "PatientID"),
+                issuer_of_patient_id=header.text(parsed, "IssuerOfPatientID"),
+                patient_name=header.text(parsed, "PatientName"),
+                patient_birth_date=header.text(parsed, "PatientBirthDate"),
+                patient_sex=header.text(parsed, "PatientSex"),
+            ),
+            study=pb.StudyAttributes(
+                study_instance_uid=parsed.study_uid,
+                study_date=header.text(parsed, "StudyDate"),
+                study_time=header.text(parsed, "StudyTime"),
+                study_description=header.text(parsed, "StudyDescription"),
+                accession_number=header.text(parsed, "AccessionNumber"),
+                study_id=header.text(parsed, "StudyID"),
+                referring_physician_name=header.text(parsed, "ReferringPhysicianName"),
+            ),
+            series=pb.SeriesAttributes(
+                series_instance_uid=parsed.series_uid,
+                modality=header.text(parsed, "Modality"),
+                series_number=header.integer(parsed, "SeriesNumber"),
+                series_description=header.text(parsed, "SeriesDescription"),
+                body_part_examined=header.text(parsed, "BodyPartExamined"),
+                manufacturer=header.text(parsed, "Manufacturer"),
+                manufacturer_model_name=header.text(parsed, "ManufacturerModelName"),
+                station_name=header.text(parsed, "StationName"),
+                institution_name=header.text(parsed, "InstitutionName"),
+                series_date=header.text(parsed, "SeriesDate"),
+                series_time=header.text(parsed, "SeriesTime"),
+                protocol_name=header.text(parsed, "ProtocolName"),
+            ),
+            instances=[
+                pb.Instance(
+                    sop_instance_uid=parsed.sop_instance_uid,
+                    sop_class_uid=header.sop_class_uid(parsed, negotiated_sop_class_uid),
+                    instance_number=header.integer(parsed, "InstanceNumber"),
+                    transfer_syntax_uid=parsed.transfer_syntax_uid,
+                    size_bytes=parsed.size_bytes,
+                    received_at=_timestamp(received_at),
+                )
+            ],
+            source=pb.Source(
+                calling_ae_title=calling_ae_title,
+                called_ae_title=called_ae_title,
+                receiver_id=receiver_id,
+            ),
+        )
+    if representative:
+        # An element that will not render as JSON costs the header, not the instance.
+        with contextlib.suppress(Exception):
+            record.representative_header_json = _representative_json(parsed)
+    record.text_decoding_fallbacks.extend(sorted(parsed.fallbacks))
+    return record
+
+
+def _representative_json(parsed: ParsedHeader) -> str:
+    """The header as DICOM JSON without bulk data, NUL characters removed.
+
+    Adds to `parsed.fallbacks` every text attribute it meets that did not decode cleanly,
+    and only once the whole header rendered."""
+
+    def drop_bulk(element: DataElement) -> str:
+        return ""  # replaced by a BulkDataURI key that `_clean` then removes
+
+    as_dict = parsed.dataset.to_json_dict(
+        bulk_data_threshold=1024, bulk_data_element_handler=drop_bulk
+    )
+    rendered = json.dumps(_clean(as_dict), ensure_ascii=False, separators=(",", ":"))
+    parsed.fallbacks |= _undecoded_text(parsed.dataset)
+    return rendered
+
+
+def _undecoded_text(dataset: Dataset) -> set[str]:
+    """Text attributes holding replacement characters, i.e. decoded best-effort."""
+    found: set[str] = set()
+    for element in dataset.iterall():
+        if isinstance(element, RawDataElement) or element.VR not in _TEXT_VRS:
+            continue
+        if "\ufffd" in str(element.value):
+            found.add(element.keyword or f"{element.tag:08X}")
+    return found
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "BulkDataURI" in value:
+            return None
+        out = {}
+        for key, item in value.items():
+            cleaned = _clean(item)
+            if cleaned is not None:
+                out[key] = cleaned
+        return out
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    return value
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp

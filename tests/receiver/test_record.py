@@ -1,0 +1,127 @@
+"""The spooled record: text decoded per SpecificCharacterSet, fallbacks flagged, and the
+representative header as DICOM JSON with bulk data left out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import rx_dicom
+from pydicom.dataset import Dataset
+
+from seriesflow.receiver import header, record
+from seriesflow.receiver.app import quiet_libraries
+from seriesflow.v1 import series_store_pb2 as pb
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+CHARSET_FILES = [
+    "chrArab.dcm",  # ISO_IR 127
+    "chrFren.dcm",  # ISO_IR 100
+    "chrGerm.dcm",  # ISO_IR 100
+    "chrGreek.dcm",  # ISO_IR 126
+    "chrH31.dcm",  # ISO 2022 IR 87 (Japanese)
+    "chrH32.dcm",  # ISO 2022 IR 13 / IR 87
+    "chrHbrw.dcm",  # ISO_IR 138
+    "chrI2.dcm",  # ISO 2022 IR 149 (Korean)
+    "chrKoreanMulti.dcm",  # ISO 2022 IR 149
+    "chrRuss.dcm",  # ISO_IR 144
+    "chrX1.dcm",  # ISO_IR 192 (UTF-8)
+    "chrX2.dcm",  # GB18030
+]
+
+
+def build(ds: Dataset, syntax: str = EXPLICIT_LE, representative: bool = True) -> pb.SeriesUpdate:
+    parsed = header.parse(rx_dicom.encode(ds, syntax), syntax)
+    return record.build(
+        parsed,
+        received_at=0.0,
+        negotiated_sop_class_uid=rx_dicom.CT_IMAGE_STORAGE,
+        calling_ae_title="SCU",
+        called_ae_title="SCP",
+        receiver_id="r",
+        representative=representative,
+    )
+
+
+@pytest.mark.parametrize("name", CHARSET_FILES)
+def test_names_decode_to_the_same_unicode_as_pydicom(name: str) -> None:
+    quiet_libraries()
+    ds = rx_dicom.sample(name)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        if keyword not in ds:
+            setattr(ds, keyword, rx_dicom.uid())
+    expected = str(ds.PatientName)
+
+    update = build(ds)
+
+    assert update.patient.patient_name == expected
+    assert "\ufffd" not in expected
+    assert list(update.text_decoding_fallbacks) == []
+
+
+def test_bulk_data_and_pixels_are_left_out_of_the_representative_header() -> None:
+    ds = rx_dicom.instance(rx_dicom.SeriesSpec(), 1)
+    ds.add_new(0x00091010, "LO", "PRIVATE CREATOR")
+    ds.add_new(0x00091011, "OB", b"\x01" * 4096)  # bulk: over the 1 KiB threshold
+    ds.add_new(0x00091012, "OB", b"\x02" * 16)  # small binary stays inline
+
+    as_json = json.loads(build(ds).representative_header_json)
+
+    assert "7FE00010" not in as_json
+    assert "00091011" not in as_json
+    assert as_json["00091012"]["InlineBinary"]
+    assert as_json["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
+
+
+def test_an_unknown_character_set_is_recorded_as_a_fallback() -> None:
+    quiet_libraries()
+    ds = rx_dicom.instance(rx_dicom.SeriesSpec(), 1)
+    ds.SpecificCharacterSet = "ISO_IR 999"
+    update = build(ds, representative=False)
+    assert "SpecificCharacterSet" in update.text_decoding_fallbacks
+    assert update.patient.patient_name == "Doe^Jane"
+
+
+def test_only_a_representative_record_carries_the_header() -> None:
+    ds = rx_dicom.instance(rx_dicom.SeriesSpec(), 1)
+    assert build(ds, representative=True).representative_header_json
+    assert build(ds, representative=False).representative_header_json == ""
+
+
+def test_a_header_that_will_not_render_leaves_the_record_without_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("cannot render")
+
+    monkeypatch.setattr(Dataset, "to_json_dict", refuse)
+    ds = rx_dicom.instance(rx_dicom.SeriesSpec(), 1)
+
+    update = build(ds, representative=True)
+
+    assert update.representative_header_json == ""
+    assert update.instances[0].sop_instance_uid == str(ds.SOPInstanceUID)
+    assert update.patient.patient_name == "Doe^Jane"
+
+
+def test_a_value_pydicom_cannot_convert_is_unparseable() -> None:
+    quiet_libraries()
+    ds = rx_dicom.instance(rx_dicom.SeriesSpec(), 1)
+    # InstanceNumber sent as a US of three bytes: it parses, and fails only when read.
+    instance_number = b"\x20\x00\x13\x00IS\x02\x001 "
+    raw = rx_dicom.encode(ds)
+    assert raw.count(instance_number) == 1
+    parsed = header.parse(
+        raw.replace(instance_number, b"\x20\x00\x13\x00US\x03\x00abc"), EXPLICIT_LE
+    )
+    with pytest.raises(header.HeaderError) as failed:
+        record.build(
+            parsed,
+            received_at=0.0,
+            negotiated_sop_class_uid="",
+            calling_ae_title="SCU",
+            called_ae_title="SCP",
+            receiver_id="r",
+            representative=False,
+        )
+    assert failed.value.reason == "unparseable"
