@@ -20,12 +20,13 @@ from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from seriesflow import logs, settings
-from seriesflow.receiver import client, metrics, scp
+from seriesflow.receiver import client, scp
 from seriesflow.receiver.admission import Admission
 from seriesflow.receiver.config import ReceiverConfig
 from seriesflow.receiver.flusher import Flusher
 from seriesflow.receiver.health import HealthServer
 from seriesflow.receiver.intake import Intake
+from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.receiver.server import DicomServer
 from seriesflow.receiver.spool import Spool
 from seriesflow.receiver.tracker import Tracker
@@ -42,21 +43,25 @@ class Receiver:
 
     def __init__(self, config: ReceiverConfig) -> None:
         self.config = config
+        self.metrics = ReceiverMetrics()
         self.spool = Spool(config.spool_dir, config.spool_max_bytes)
         self.tracker = Tracker(
             config.series_idle_timeout, config.series_released_grace, config.series_max_age
         )
-        self.flusher = Flusher(self.spool, self.tracker)
+        self.flusher = Flusher(self.spool, self.tracker, self.metrics)
         self.client = client.StoreClient(
             config.store_address,
             config.stream_window,
             on_ok=self.flusher.on_ok,
             on_invalid=self.flusher.on_invalid,
+            metrics=self.metrics,
             channel_credentials=client.credentials(
                 config.store_tls_ca, config.store_tls_cert, config.store_tls_key
             ),
         )
-        self.intake = Intake(self.spool, self.tracker, config.ae_title, config.receiver_id)
+        self.intake = Intake(
+            self.spool, self.tracker, self.metrics, config.ae_title, config.receiver_id
+        )
         self.dicom: DicomServer | None = None
         self.ae: AE | None = None
         self.pynetdicom_server: ThreadedAssociationServer | None = None
@@ -76,7 +81,7 @@ class Receiver:
 
     def start(self) -> None:
         recovered = self.spool.open()
-        metrics.DEAD_LETTERS.set(self.spool.count_dead_letters())
+        self.metrics.dead_letters.set(self.spool.count_dead_letters())
         self.client.start()
         self.flusher.start(self.client, recovered)
         ssl_context = None
@@ -89,6 +94,7 @@ class Receiver:
             self.live,
             self.ready,
             self.refresh_gauges,
+            self.metrics.registry,
         )
         self.health.start()
         _log.info(
@@ -179,10 +185,10 @@ class Receiver:
 
     def refresh_gauges(self) -> None:
         pending, nbytes, age = self.spool.stats()
-        metrics.SPOOL_PENDING.set(pending)
-        metrics.SPOOL_BYTES.set(nbytes)
-        metrics.SPOOL_OLDEST_AGE.set(age)
-        metrics.DEAD_LETTERS.set(self.spool.count_dead_letters())
+        self.metrics.spool_pending.set(pending)
+        self.metrics.spool_bytes.set(nbytes)
+        self.metrics.spool_oldest_age.set(age)
+        self.metrics.dead_letters.set(self.spool.count_dead_letters())
 
 
 def quiet_libraries() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from seriesflow.receiver import metrics
+from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
@@ -67,6 +67,7 @@ class StoreClient:
         window: int,
         on_ok: AckHandler,
         on_invalid: AckHandler,
+        metrics: ReceiverMetrics,
         channel_credentials: grpc.ChannelCredentials | None = None,
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
@@ -75,6 +76,7 @@ class StoreClient:
         self.window = window
         self._on_ok = on_ok
         self._on_invalid = on_invalid
+        self._metrics = metrics
         self._credentials = channel_credentials
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -137,7 +139,7 @@ class StoreClient:
             if self._stopping:
                 break
             delay = self._backoff_initial if healthy else min(delay * 2, self._backoff_max)
-            metrics.STREAM_RECONNECTS.inc()
+            self._metrics.stream_reconnects.inc()
             # Interruptible, so a shutdown does not wait out the backoff.
             self._stopped.wait(delay * random.uniform(0.5, 1.0))
 
@@ -199,7 +201,7 @@ class StoreClient:
 
     def _set_connected(self, up: bool) -> None:
         self.connected = up
-        metrics.STORE_CONNECTED.set(1 if up else 0)
+        self._metrics.store_connected.set(1 if up else 0)
 
     def _requests(self, generation: int) -> Iterator[pb.SeriesUpdate]:
         while True:

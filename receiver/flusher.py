@@ -13,8 +13,9 @@ import threading
 import time
 import uuid
 
-from seriesflow.receiver import metrics, updates
+from seriesflow.receiver import updates
 from seriesflow.receiver.client import Pending, StoreClient
+from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.receiver.spool import DeadLetter, Entry, Spool
 from seriesflow.receiver.tracker import Flush, Tracker
 from seriesflow.v1 import series_store_pb2 as pb
@@ -28,9 +29,10 @@ _KIND_NAMES = {
 
 
 class Flusher:
-    def __init__(self, spool: Spool, tracker: Tracker) -> None:
+    def __init__(self, spool: Spool, tracker: Tracker, metrics: ReceiverMetrics) -> None:
         self.spool = spool
         self.tracker = tracker
+        self.metrics = metrics
         self.client: StoreClient | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
@@ -95,7 +97,7 @@ class Flusher:
             self._submit(Pending(update, None))
 
     def _flush(self, flush: Flush) -> None:
-        metrics.SERIES_FLUSHED.labels(reason=flush.reason.value).inc()
+        self.metrics.series_flushed.labels(reason=flush.reason.value).inc()
         parts = updates.chunks(flush.seqs)
         for index, seqs in enumerate(parts):
             # Only the last part carries the completion reason; earlier parts are partial.
@@ -131,7 +133,7 @@ class Flusher:
     def on_ok(self, pending: Pending, ack: pb.SeriesAck) -> None:
         self.spool.retire(ack.update_id)
         if pending.last_instance_wall is not None:
-            metrics.ACK_LATENCY.observe(max(0.0, time.time() - pending.last_instance_wall))
+            self.metrics.ack_latency.observe(max(0.0, time.time() - pending.last_instance_wall))
 
     def on_invalid(self, pending: Pending, ack: pb.SeriesAck) -> None:
         update = pending.update
@@ -159,4 +161,4 @@ class Flusher:
                 payload=update.SerializeToString(),
             )
         )
-        metrics.DEAD_LETTERS.inc()
+        self.metrics.dead_letters.inc()

@@ -1,4 +1,4 @@
-"""HTTP /livez, /readyz and /metrics on the receiver's metrics port."""
+"""HTTP /livez, /readyz and /metrics (the receiver's own registry) on its metrics port."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
 class HealthServer:
-    """`live()` and `ready()` return (ok, explanation); `before_scrape` refreshes gauges."""
+    """`live()` and `ready()` return (ok, explanation); `before_scrape` refreshes gauges
+    before `registry` is exported."""
 
     def __init__(
         self,
@@ -19,6 +20,7 @@ class HealthServer:
         live: Callable[[], tuple[bool, str]],
         ready: Callable[[], tuple[bool, str]],
         before_scrape: Callable[[], None],
+        registry: CollectorRegistry,
     ) -> None:
         checks = {"/livez": live, "/readyz": ready}
 
@@ -27,7 +29,7 @@ class HealthServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     before_scrape()
-                    self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif path in checks:
                     ok, why = checks[path]()
                     self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")

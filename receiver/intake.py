@@ -15,8 +15,9 @@ import threading
 import time
 from typing import Literal
 
-from seriesflow.receiver import header, metrics, record
+from seriesflow.receiver import header, record
 from seriesflow.receiver.header import HeaderError, HeaderReason
+from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.receiver.spool import Spool, SpoolError, SpoolFull
 from seriesflow.receiver.tracker import Tracker
 
@@ -63,6 +64,7 @@ class Answer:
 class Intake:
     spool: Spool
     tracker: Tracker
+    metrics: ReceiverMetrics
     ae_title: str
     receiver_id: str
     _open: set[int] = dataclasses.field(default_factory=set)
@@ -73,8 +75,8 @@ class Intake:
     def association_opened(self, key: int) -> None:
         with self._lock:
             self._open.add(key)
-        metrics.ASSOCIATIONS.labels(result="accepted").inc()
-        metrics.ASSOCIATIONS_ACTIVE.inc()
+        self.metrics.associations.labels(result="accepted").inc()
+        self.metrics.associations_active.inc()
 
     def association_ended(self, key: int, released: bool) -> None:
         """Idempotent: engines may report one ending twice (release, then close)."""
@@ -82,13 +84,13 @@ class Intake:
             if key not in self._open:
                 return
             self._open.discard(key)
-        metrics.ASSOCIATIONS_ACTIVE.dec()
+        self.metrics.associations_active.dec()
         self.tracker.association_ended(key, released)
 
     def association_rejected(
         self, calling_ae_title: str, called_ae_title: str, peer: str, why: str
     ) -> None:
-        metrics.ASSOCIATIONS.labels(result="rejected").inc()
+        self.metrics.associations.labels(result="rejected").inc()
         fields = {"calling_ae_title": calling_ae_title, "called_ae_title": called_ae_title}
         _log.warning("association rejected", extra={"fields": {**fields, "peer": peer, "why": why}})
 
@@ -127,12 +129,12 @@ class Intake:
             )
         except Exception:  # the last line of defence: a bug must not end the association
             _log.exception("unexpected error storing an instance")
-            return _refuse("internal_error", "internal error")
+            return _refuse(self.metrics, "internal_error", "internal error")
 
     def _begin(
         self, raw: bytes, syntax: str, calling: str, association: int, sop_class: str
     ) -> Answer | Committing:
-        metrics.RECEIVED_BYTES.inc(len(raw))
+        self.metrics.received_bytes.inc(len(raw))
         received = time.time()
         try:
             parsed = header.parse(raw, syntax)
@@ -147,17 +149,23 @@ class Intake:
                 representative=self.tracker.needs_representative(parsed.series_uid),
             )
         except HeaderError as error:
-            return _refuse(error.reason, error.comment)
+            return _refuse(self.metrics, error.reason, error.comment)
         try:
             future = self.spool.append_later(
                 parsed.series_uid, spooled.SerializeToString(), received
             )
         except SpoolError as exc:
-            return _spool_refusal(exc)
+            return _spool_refusal(self.metrics, exc)
         # Asked for but not rendered, the header is left to a later instance of the series.
         representative = bool(spooled.representative_header_json)
         return Committing(
-            self.tracker, future, parsed.series_uid, association, representative, received
+            self.tracker,
+            self.metrics,
+            future,
+            parsed.series_uid,
+            association,
+            representative,
+            received,
         )
 
 
@@ -166,6 +174,7 @@ class Committing:
     """An instance on its way into the spool; `complete()` once `committed` is done."""
 
     tracker: Tracker
+    metrics: ReceiverMetrics
     committed: concurrent.futures.Future[int]
     series_uid: str
     association: int
@@ -176,21 +185,21 @@ class Committing:
         try:
             seq = self.committed.result()
         except SpoolError as exc:
-            return _spool_refusal(exc)
+            return _spool_refusal(self.metrics, exc)
         self.tracker.add(self.series_uid, seq, self.association, self.representative, self.received)
-        metrics.INSTANCES.labels(status="success", reason="stored").inc()
+        self.metrics.instances.labels(status="success", reason="stored").inc()
         return Answer(SUCCESS)
 
 
-def _spool_refusal(exc: SpoolError) -> Answer:
+def _spool_refusal(metrics: ReceiverMetrics, exc: SpoolError) -> Answer:
     if isinstance(exc, SpoolFull):
-        return _refuse("spool_full", f"spool full: {exc}")
-    return _refuse("spool_unavailable", str(exc))
+        return _refuse(metrics, "spool_full", f"spool full: {exc}")
+    return _refuse(metrics, "spool_unavailable", str(exc))
 
 
-def _refuse(reason: Refusal, comment: str) -> Answer:
+def _refuse(metrics: ReceiverMetrics, reason: Refusal, comment: str) -> Answer:
     status = REFUSAL_STATUS[reason]
-    metrics.INSTANCES.labels(status=_STATUS_LABEL.get(status, "error"), reason=reason).inc()
+    metrics.instances.labels(status=_STATUS_LABEL.get(status, "error"), reason=reason).inc()
     fields = {"status": f"0x{status:04X}", "reason": reason}
     if reason in _LOGGABLE_REASONS:
         fields["comment"] = comment

@@ -1,55 +1,97 @@
-"""The receiver's Prometheus metrics. Labels are bounded sets; never patient data."""
+"""Prometheus metrics of the receiver, on a registry of their own.
+
+One ReceiverMetrics per receiver (not module globals), handed to each component that
+counts, so two receivers in one process, as in the tests, never share counters. Labels
+are bounded sets; no patient data ever appears in them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
-
-ASSOCIATIONS_ACTIVE = Gauge(
-    "seriesflow_receiver_associations_active", "DICOM associations currently open"
-)
-ASSOCIATIONS = Counter(
-    "seriesflow_receiver_associations",
-    "DICOM associations requested, by result",
-    ["result"],
-)
-INSTANCES = Counter(
-    "seriesflow_receiver_instances",
-    "C-STORE requests answered, by status and reason",
-    ["status", "reason"],
-)
-RECEIVED_BYTES = Counter(
-    "seriesflow_receiver_received_bytes", "Dataset bytes received in C-STORE requests"
-)
-SERIES_FLUSHED = Counter(
-    "seriesflow_receiver_series_flushed",
-    "Series groups flushed to the store, by completion reason",
-    ["reason"],
-)
-SPOOL_PENDING = Gauge(
-    "seriesflow_receiver_spool_pending_instances", "Spooled instances not yet acked by the store"
-)
-SPOOL_BYTES = Gauge("seriesflow_receiver_spool_bytes", "Bytes held by pending spool entries")
-SPOOL_OLDEST_AGE = Gauge(
-    "seriesflow_receiver_spool_oldest_pending_age_seconds",
-    "Age of the oldest spool entry not yet acked",
-)
-STREAM_RECONNECTS = Counter(
-    "seriesflow_receiver_stream_reconnects",
-    "StoreSeries stream (re)connection attempts after a failure",
-)
-STORE_CONNECTED = Gauge(
-    "seriesflow_receiver_store_connected", "1 while the StoreSeries stream is up"
-)
-ACK_LATENCY = Histogram(
-    "seriesflow_receiver_series_ack_latency_seconds",
-    "Seconds from a series' last instance received to the store's ack of it",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600),
-)
-DEAD_LETTERS = Gauge(
-    "seriesflow_receiver_dead_letters", "Updates the store rejected as invalid, kept aside"
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
 )
 
-for _reason in ("idle", "released", "max_age"):
-    SERIES_FLUSHED.labels(reason=_reason)
-for _result in ("accepted", "rejected"):
-    ASSOCIATIONS.labels(result=_result)
+_ACK_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600)
+
+
+class ReceiverMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        # The process, platform and GC metrics prometheus_client puts in its default
+        # registry, which the receiver exported before it had a registry of its own.
+        for collector in (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR):
+            r.register(collector)
+        self.associations_active = Gauge(
+            "seriesflow_receiver_associations_active",
+            "DICOM associations currently open",
+            registry=r,
+        )
+        self.associations = Counter(
+            "seriesflow_receiver_associations",
+            "DICOM associations requested, by result",
+            ["result"],
+            registry=r,
+        )
+        self.instances = Counter(
+            "seriesflow_receiver_instances",
+            "C-STORE requests answered, by status and reason",
+            ["status", "reason"],
+            registry=r,
+        )
+        self.received_bytes = Counter(
+            "seriesflow_receiver_received_bytes",
+            "Dataset bytes received in C-STORE requests",
+            registry=r,
+        )
+        self.series_flushed = Counter(
+            "seriesflow_receiver_series_flushed",
+            "Series groups flushed to the store, by completion reason",
+            ["reason"],
+            registry=r,
+        )
+        self.spool_pending = Gauge(
+            "seriesflow_receiver_spool_pending_instances",
+            "Spooled instances not yet acked by the store",
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "seriesflow_receiver_spool_bytes", "Bytes held by pending spool entries", registry=r
+        )
+        self.spool_oldest_age = Gauge(
+            "seriesflow_receiver_spool_oldest_pending_age_seconds",
+            "Age of the oldest spool entry not yet acked",
+            registry=r,
+        )
+        self.stream_reconnects = Counter(
+            "seriesflow_receiver_stream_reconnects",
+            "StoreSeries stream (re)connection attempts after a failure",
+            registry=r,
+        )
+        self.store_connected = Gauge(
+            "seriesflow_receiver_store_connected",
+            "1 while the StoreSeries stream is up",
+            registry=r,
+        )
+        self.ack_latency = Histogram(
+            "seriesflow_receiver_series_ack_latency_seconds",
+            "Seconds from a series' last instance received to the store's ack of it",
+            buckets=_ACK_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "seriesflow_receiver_dead_letters",
+            "Updates the store rejected as invalid, kept aside",
+            registry=r,
+        )
+        # Pre-create every label value so dashboards see zeros, not missing series.
+        for reason in ("idle", "released", "max_age"):
+            self.series_flushed.labels(reason=reason)
+        for result in ("accepted", "rejected"):
+            self.associations.labels(result=result)

@@ -68,7 +68,7 @@ def test_defaults_and_decimal_timeouts() -> None:
 def rejected_associations(receiver: Receiver) -> float:
     """seriesflow_receiver_associations_total{result="rejected"} as the receiver reports it.
 
-    The counter lives in the process-wide registry, so tests compare before and after."""
+    Tests compare before and after, so whatever the receiver counted earlier does not matter."""
     _, metrics = get(receiver, "/metrics")
     for line in metrics.splitlines():
         if line.startswith('seriesflow_receiver_associations_total{result="rejected"}'):
@@ -192,3 +192,14 @@ def test_health_endpoints_and_metrics(make_receiver: MakeReceiver) -> None:
 
     receiver.spool.close()  # the spool can no longer take writes
     assert get(receiver, "/readyz") == (503, "spool not writable\n")
+
+
+def test_two_receivers_in_one_process_keep_their_own_counters(
+    make_receiver: MakeReceiver,
+) -> None:
+    busy, idle = make_receiver(), make_receiver()
+    rx_send.send_all(busy.dicom_port, rx_dicom.series(rx_dicom.SeriesSpec(), 3))
+
+    stored = 'seriesflow_receiver_instances_total{reason="stored",status="success"}'
+    assert f"{stored} 3.0" in get(busy, "/metrics")[1]
+    assert stored not in get(idle, "/metrics")[1]
