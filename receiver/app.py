@@ -48,17 +48,15 @@ class Receiver:
         self.tracker = Tracker(
             config.series_idle_timeout, config.series_released_grace, config.series_max_age
         )
-        self.flusher = Flusher(self.spool, self.tracker, self.metrics)
         self.client = client.StoreClient(
             config.store_address,
             config.stream_window,
-            on_ok=self.flusher.on_ok,
-            on_invalid=self.flusher.on_invalid,
-            metrics=self.metrics,
+            self.metrics,
             channel_credentials=client.credentials(
                 config.store_tls_ca, config.store_tls_cert, config.store_tls_key
             ),
         )
+        self.flusher = Flusher(self.spool, self.tracker, self.client, self.metrics)
         self.intake = Intake(
             self.spool, self.tracker, self.metrics, config.ae_title, config.receiver_id
         )
@@ -82,8 +80,7 @@ class Receiver:
     def start(self) -> None:
         recovered = self.spool.open()
         self.metrics.dead_letters.set(self.spool.count_dead_letters())
-        self.client.start()
-        self.flusher.start(self.client, recovered)
+        self.flusher.start(recovered)
         ssl_context = None
         if self.config.dicom_tls_cert is not None and self.config.dicom_tls_key is not None:
             ssl_context = scp.tls_context(self.config.dicom_tls_cert, self.config.dicom_tls_key)
@@ -154,8 +151,7 @@ class Receiver:
 
     def stop(self) -> None:
         self._stop_dicom()
-        self.flusher.stop()
-        self.client.stop(_STREAM_DRAIN_SECONDS)
+        self.flusher.stop(_STREAM_DRAIN_SECONDS)
         self.spool.close()
         if self.health is not None:
             self.health.stop()

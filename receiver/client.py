@@ -2,8 +2,10 @@
 
 At most `window` updates are on the wire without an ack. A broken stream is reopened with
 exponential backoff and jitter, and every update sent but not acked is sent again (the
-store's merge is idempotent, contract 2). Each ack is routed back by update_id: ok retires
-the spool entries, INVALID dead-letters the update, UNAVAILABLE sends it again later.
+store's merge is idempotent, contract 2). Each ack is matched to its update by update_id.
+An update the store settled (ok, or rejected as INVALID) is put on the `settled` queue, for
+the flusher to retire or dead-letter its spool entries; the client knows nothing of the
+spool. An update rejected with any other kind is sent again later.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,12 @@ class Pending:
     not_before: float = 0.0  # monotonic time before which it is not re-sent
 
 
-AckHandler = Callable[[Pending, pb.SeriesAck], None]
+@dataclasses.dataclass(frozen=True)
+class Settled:
+    """The store's final answer to one update: `ack.ok`, or rejected as KIND_INVALID."""
+
+    pending: Pending
+    ack: pb.SeriesAck
 
 
 def credentials(
@@ -65,8 +73,6 @@ class StoreClient:
         self,
         address: str,
         window: int,
-        on_ok: AckHandler,
-        on_invalid: AckHandler,
         metrics: ReceiverMetrics,
         channel_credentials: grpc.ChannelCredentials | None = None,
         backoff_initial: float = 0.2,
@@ -74,9 +80,9 @@ class StoreClient:
     ) -> None:
         self.address = address
         self.window = window
-        self._on_ok = on_ok
-        self._on_invalid = on_invalid
         self._metrics = metrics
+        # Acks go one way, out to whoever consumes them; None once no more can come.
+        self.settled: queue.Queue[Settled | None] = queue.Queue()
         self._credentials = channel_credentials
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -133,6 +139,12 @@ class StoreClient:
     # -- the stream thread ----------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._stream_until_stopped()
+        finally:
+            self.settled.put(None)
+
+    def _stream_until_stopped(self) -> None:
         delay = self._backoff_initial
         while not self._stopping:
             healthy = self._stream_once()
@@ -231,10 +243,8 @@ class StoreClient:
                 "ack for an unknown update", extra={"fields": {"update_id": ack.update_id}}
             )
             return
-        if ack.ok:
-            self._on_ok(pending, ack)
-        elif ack.error.kind == pb.AckError.KIND_INVALID:
-            self._on_invalid(pending, ack)
+        if ack.ok or ack.error.kind == pb.AckError.KIND_INVALID:
+            self.settled.put(Settled(pending, ack))
         else:
             # A kind this receiver does not know (a newer store): never drop acknowledged
             # instances on a guess; send it again after a pause, keep the stream.

@@ -2,7 +2,9 @@
 
 The flusher thread sleeps until the tracker's next deadline, takes the due groups, records
 each update's id in the spool (so a restart re-sends the same update), and queues it on the
-stream. Ack handlers (called from the stream thread) retire or dead-letter spool entries.
+stream. The acks thread takes the updates the store settled off the client's `settled`
+queue and retires their spool entries (ok) or moves them to the dead letters (INVALID):
+an entry leaves the spool only once the store has answered for it (contract 1).
 """
 
 from __future__ import annotations
@@ -29,25 +31,36 @@ _KIND_NAMES = {
 
 
 class Flusher:
-    def __init__(self, spool: Spool, tracker: Tracker, metrics: ReceiverMetrics) -> None:
+    """Delivery, both ways: series out through `client`, its acks back into `spool`."""
+
+    def __init__(
+        self, spool: Spool, tracker: Tracker, client: StoreClient, metrics: ReceiverMetrics
+    ) -> None:
         self.spool = spool
         self.tracker = tracker
+        self.client = client
         self.metrics = metrics
-        self.client: StoreClient | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
+        self._acks = threading.Thread(target=self._take_acks, name="acks", daemon=True)
         self._recovered: list[Entry] = []
         self.last_progress = time.monotonic()
 
-    def start(self, client: StoreClient, recovered: list[Entry]) -> None:
-        self.client = client
+    def start(self, recovered: list[Entry]) -> None:
+        """Open the stream, then re-send or re-track `recovered` and flush from then on."""
         self._recovered = recovered
+        self.client.start()
+        self._acks.start()
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, drain_timeout: float) -> None:
+        """Flush no more; give updates in flight `drain_timeout` seconds to be acked, close
+        the stream, and return once every ack received has reached the spool."""
         self._stopping.set()
         self.tracker.changed.set()
         self._thread.join(timeout=10)
+        self.client.stop(drain_timeout)
+        self._acks.join(timeout=10)  # ends at the None the client queues when it is done
 
     # -- flusher thread -------------------------------------------------------------
 
@@ -122,20 +135,33 @@ class Flusher:
             self._submit(Pending(update, flush.last_instance_wall))
 
     def _submit(self, pending: Pending) -> None:
-        assert self.client is not None
         while not self.client.submit(pending, timeout=1.0):
             self.last_progress = time.monotonic()  # waiting on the store is progress too
             if self._stopping.is_set():
                 return  # stays in the spool, assigned: re-sent at the next start
 
-    # -- ack handlers (stream thread) -----------------------------------------------
+    # -- acks thread ----------------------------------------------------------------
 
-    def on_ok(self, pending: Pending, ack: pb.SeriesAck) -> None:
+    def _take_acks(self) -> None:
+        while (settled := self.client.settled.get()) is not None:
+            try:
+                if settled.ack.ok:
+                    self._retire(settled.pending, settled.ack)
+                else:
+                    self._dead_letter(settled.pending, settled.ack)
+            except Exception:
+                # Never lose the loop: the entries stay in the spool, sent after restart.
+                _log.exception(
+                    "recording an ack in the spool failed",
+                    extra={"fields": {"update_id": settled.ack.update_id}},
+                )
+
+    def _retire(self, pending: Pending, ack: pb.SeriesAck) -> None:
         self.spool.retire(ack.update_id)
         if pending.last_instance_wall is not None:
             self.metrics.ack_latency.observe(max(0.0, time.time() - pending.last_instance_wall))
 
-    def on_invalid(self, pending: Pending, ack: pb.SeriesAck) -> None:
+    def _dead_letter(self, pending: Pending, ack: pb.SeriesAck) -> None:
         update = pending.update
         _log.error(
             "store rejected an update as invalid; kept as a dead letter "
