@@ -1,7 +1,7 @@
 """Store test harness: migrated databases, stores on ephemeral ports, update builders.
 
 A store runs either in a background thread of the test process (`running_store`) or as a
-real `python -m store` subprocess (`StoreProcess`); either way clients reach it over real
+real `python -m seriesflow store` subprocess (`StoreProcess`); either way clients reach it over real
 TCP on 127.0.0.1.
 """
 
@@ -181,7 +181,7 @@ def shared_store(postgres_server_url: str) -> Iterator[StoreThread]:
 
 
 class StoreProcess:
-    """`python -m store` in a subprocess, on ephemeral ports it reports in its log."""
+    """`python -m seriesflow store` in a subprocess, on ephemeral ports it reports in its log."""
 
     def __init__(self, url: str, *extra: str, env: dict[str, str] | None = None) -> None:
         import socket
