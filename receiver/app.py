@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import logging
 import signal
-import ssl
 import threading
 import time
 import warnings
 from types import FrameType
 
 from pydicom import config as pydicom_config
-from pynetdicom import AE
-from pynetdicom.transport import ThreadedAssociationServer
 
 from seriesflow import logs, settings
-from seriesflow.receiver import client, scp
+from seriesflow.receiver import client
 from seriesflow.receiver.admission import Admission
 from seriesflow.receiver.config import ReceiverConfig
 from seriesflow.receiver.flusher import Flusher
@@ -29,6 +26,7 @@ from seriesflow.receiver.intake import Intake
 from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.receiver.server import DicomServer
 from seriesflow.receiver.spool import Spool
+from seriesflow.receiver.tls import tls_context
 from seriesflow.receiver.tracker import Tracker
 
 _log = logging.getLogger(__name__)
@@ -61,16 +59,12 @@ class Receiver:
             self.spool, self.tracker, self.metrics, config.ae_title, config.receiver_id
         )
         self.dicom: DicomServer | None = None
-        self.ae: AE | None = None
-        self.pynetdicom_server: ThreadedAssociationServer | None = None
         self.health: HealthServer | None = None
 
     @property
     def dicom_port(self) -> int:
-        if self.dicom is not None:
-            return self.dicom.port
-        assert self.pynetdicom_server is not None
-        return int(self.pynetdicom_server.server_address[1])
+        assert self.dicom is not None
+        return self.dicom.port
 
     @property
     def metrics_port(self) -> int:
@@ -81,10 +75,7 @@ class Receiver:
         recovered = self.spool.open()
         self.metrics.dead_letters.set(self.spool.count_dead_letters())
         self.flusher.start(recovered)
-        ssl_context = None
-        if self.config.dicom_tls_cert is not None and self.config.dicom_tls_key is not None:
-            ssl_context = scp.tls_context(self.config.dicom_tls_cert, self.config.dicom_tls_key)
-        self._start_dicom(ssl_context)
+        self._start_dicom()
         self.health = HealthServer(
             self.config.listen_host,
             self.config.receiver_metrics_port,
@@ -105,26 +96,11 @@ class Receiver:
             },
         )
 
-    def _start_dicom(self, ssl_context: ssl.SSLContext | None) -> None:
+    def _start_dicom(self) -> None:
         config = self.config
         admission = Admission(
             config.ae_title, config.allowed_calling_ae_titles, config.require_called_ae_title
         )
-        if config.dicom_engine == "pynetdicom":
-            self.ae = scp.build_ae(
-                config.ae_title,
-                config.max_associations,
-                (config.acse_timeout, config.dimse_timeout, config.network_timeout),
-            )
-            self.pynetdicom_server = scp.start(
-                self.ae,
-                config.listen_host,
-                config.dicom_port,
-                self.intake,
-                admission,
-                ssl_context,
-            )
-            return
         self.dicom = DicomServer(
             self.intake,
             config.listen_host,
@@ -133,7 +109,7 @@ class Receiver:
             admission=admission,
             acse_timeout=config.acse_timeout,
             network_timeout=config.network_timeout,
-            ssl_context=ssl_context,
+            ssl_context=tls_context(config.dicom_tls_cert, config.dicom_tls_key),
         )
         self.dicom.start()
 
@@ -141,13 +117,6 @@ class Receiver:
         """No new associations; those in flight get a while to finish, then are aborted."""
         if self.dicom is not None:
             self.dicom.stop(_ASSOCIATION_DRAIN_SECONDS)
-        if self.pynetdicom_server is not None and self.ae is not None:
-            self.pynetdicom_server.shutdown()
-            deadline = time.monotonic() + _ASSOCIATION_DRAIN_SECONDS
-            while self.ae.active_associations and time.monotonic() < deadline:
-                time.sleep(0.05)
-            for association in self.ae.active_associations:
-                association.abort()
 
     def stop(self) -> None:
         self._stop_dicom()
@@ -160,12 +129,7 @@ class Receiver:
     # -- health -----------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
-        if self.dicom is not None:
-            listening = self.dicom.listening
-        else:
-            sock = None if self.pynetdicom_server is None else self.pynetdicom_server.socket
-            listening = sock is not None and sock.fileno() >= 0
-        if not listening:
+        if self.dicom is None or not self.dicom.listening:
             return False, "not listening for DICOM"
         if not self.spool.writable():
             return False, "spool not writable"

@@ -20,13 +20,6 @@ def _non_negative_seconds(text: str) -> float:
     return value
 
 
-def _engine(value: str) -> str:
-    lowered = value.strip().lower()
-    if lowered not in ("asyncio", "pynetdicom"):
-        raise ValueError("expected asyncio (default, faster) or pynetdicom")
-    return lowered
-
-
 def _optional_path(value: str) -> Path | None:
     return settings.path(value) if value.strip() else None
 
@@ -98,11 +91,6 @@ class ReceiverConfig:
         "", _optional_path, "PEM client certificate for mTLS to the store"
     )
     store_tls_key: Path | None = setting("", _optional_path, "PEM client key for mTLS to the store")
-    dicom_engine: str = setting(
-        "asyncio",
-        _engine,
-        "DICOM network engine: asyncio (event-driven, default) or pynetdicom (polling)",
-    )
     stream_window: int = setting(
         "64", settings.positive_int, "series updates sent to the store and not yet acked, at most"
     )

@@ -1,9 +1,9 @@
 """One received instance, from dataset bytes to a durable spool entry and a DICOM status.
 
-Shared by both DICOM engines (receiver.server, the asyncio default, and receiver.scp on
-pynetdicom). Never raises: every failure becomes a status with an ErrorComment, so one bad
-instance costs its sender one error and nothing else (contract 4). Success is answered only
-after the spool committed the instance (contract 1).
+Called by the DICOM engine (receiver.server) for every C-STORE. Never raises: every
+failure becomes a status with an ErrorComment, so one bad instance costs its sender one
+error and nothing else (contract 4). Success is answered only after the spool committed
+the instance (contract 1).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The default DICOM engine: an asyncio Storage SCP (C-STORE and C-ECHO), one event loop.
+"""The receiver's DICOM engine: an asyncio Storage SCP (C-STORE and C-ECHO), one event loop.
 
 Why not pynetdicom's server: it polls (each association runs two threads that sleep 1 ms
 between checks), which capped one sender near 250 instances/s and burned a core on
 polling with four. Here each association is a coroutine woken only by its socket; an
 instance is parsed on the loop and its coroutine then awaits the spool's group commit,
-so other associations keep moving meanwhile. pynetdicom remains available as
-`SERIESFLOW_DICOM_ENGINE=pynetdicom` (receiver.scp).
+so other associations keep moving meanwhile. (pynetdicom serves the SCU side: `seriesflow
+send` and the tests' senders.)
 """
 
 from __future__ import annotations

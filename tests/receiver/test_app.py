@@ -76,11 +76,9 @@ def rejected_associations(receiver: Receiver) -> float:
     raise AssertionError("seriesflow_receiver_associations_total{result=rejected} not exported")
 
 
-ENGINES = ["asyncio", "pynetdicom"]
 INTAKE_LOGGER = "seriesflow.receiver.intake"  # the package's import root is seriesflow
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize(
     ("policy", "refused_as", "reason", "why"),
     [
@@ -100,7 +98,6 @@ INTAKE_LOGGER = "seriesflow.receiver.intake"  # the package's import root is ser
     ids=["calling-allow-list", "called-ae-required"],
 )
 def test_associations_failing_an_ae_title_check_are_rejected_logged_and_counted(
-    engine: str,
     policy: dict[str, object],
     refused_as: tuple[str, str],
     reason: int,
@@ -108,7 +105,7 @@ def test_associations_failing_an_ae_title_check_are_rejected_logged_and_counted(
     make_receiver: MakeReceiver,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    receiver = make_receiver(dicom_engine=engine, **policy)
+    receiver = make_receiver(**policy)
     rejected_before = rejected_associations(receiver)
 
     with caplog.at_level(logging.WARNING, logger=INTAKE_LOGGER):
@@ -133,11 +130,8 @@ def test_associations_failing_an_ae_title_check_are_rejected_logged_and_counted(
     assert rejected_associations(receiver) == rejected_before + 1
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_any_called_ae_title_is_accepted_by_default(
-    engine: str, make_receiver: MakeReceiver
-) -> None:
-    receiver = make_receiver(dicom_engine=engine)
+def test_any_called_ae_title_is_accepted_by_default(make_receiver: MakeReceiver) -> None:
+    receiver = make_receiver()
 
     assoc = rx_send.associate(receiver.dicom_port, "MODALITY1", "ANY_OTHER_AE")
 
@@ -146,12 +140,11 @@ def test_any_called_ae_title_is_accepted_by_default(
     assoc.release()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 def test_echoscu_calling_a_wrong_ae_title_is_refused_when_the_called_ae_is_required(
-    engine: str, make_receiver: MakeReceiver
+    make_receiver: MakeReceiver,
 ) -> None:
     echoscu = require_tool("echoscu")
-    receiver = make_receiver(dicom_engine=engine, require_called_ae_title=True)
+    receiver = make_receiver(require_called_ae_title=True)
 
     def echo(called: str) -> subprocess.CompletedProcess[str]:
         command = [echoscu, "-aet", "DCMTKSCU", "-aec", called]

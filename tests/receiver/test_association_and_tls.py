@@ -1,4 +1,4 @@
-"""The pynetdicom engine still works end to end; DICOM TLS; fragmented PDUs from dcmtk."""
+"""One bad C-STORE among good ones on one association; DICOM TLS; fragmented PDUs from dcmtk."""
 
 # ruff: noqa: F811  (fixtures are imported from rx_harness: pytest finds them by name)
 
@@ -18,10 +18,10 @@ from rx_store import StoreProcess, series_counts, wait_for
 from rx_tools import storescu
 
 
-def test_pynetdicom_engine_stores_and_refuses_like_the_default(
+def test_a_refused_instance_mid_association_costs_only_itself(
     make_receiver: MakeReceiver, store: StoreProcess, database_url: str, tmp_path: Path
 ) -> None:
-    receiver = make_receiver(store_address=store.address, dicom_engine="pynetdicom")
+    receiver = make_receiver(store_address=store.address)
     spec = rx_dicom.SeriesSpec()
     datasets = rx_dicom.series(spec, 5)
     no_uid = rx_dicom.instance(spec, 99)
@@ -60,14 +60,12 @@ def certificate(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki")
 
 
-@pytest.mark.parametrize("engine", ["asyncio", "pynetdicom"])
 def test_dicom_tls_carries_instances_and_plain_tcp_is_refused(
-    engine: str, make_receiver: MakeReceiver, certificate: Pki
+    make_receiver: MakeReceiver, certificate: Pki
 ) -> None:
     receiver = make_receiver(
         dicom_tls_cert=certificate.server_cert,
         dicom_tls_key=certificate.server_key,
-        dicom_engine=engine,
     )
     spec = rx_dicom.SeriesSpec()
 
