@@ -5,11 +5,19 @@ each update's id in the spool (so a restart re-sends the same update), and queue
 stream. The acks thread takes the updates the store settled off the client's `settled`
 queue and retires their spool entries (ok) or moves them to the dead letters (INVALID):
 an entry leaves the spool only once the store has answered for it (contract 1).
+
+A step whose spool write fails (a full disk, an I/O error: after the instances were
+acknowledged) is never dropped: assigning a series to an update, re-sending an update
+recovered at start, retiring acked entries and keeping a rejected update aside are each
+held and tried again with backoff until the spool takes them, so delivery resumes by itself
+once space returns. Re-sending is safe: the store's merge is idempotent (contract 2).
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
@@ -17,6 +25,7 @@ import uuid
 
 from seriesflow.receiver import updates
 from seriesflow.receiver.client import Pending, StoreClient
+from seriesflow.receiver.held import SPOOL_FAILURES, Attempt, HeldSteps
 from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.receiver.spool import DeadLetter, Entry, Spool
 from seriesflow.receiver.tracker import Flush, Tracker
@@ -30,16 +39,34 @@ _KIND_NAMES = {
 }
 
 
+@dataclasses.dataclass
+class _Part:
+    """One update of a flushed series; `update_id` is set once the spool recorded it."""
+
+    series_uid: str
+    seqs: list[int]
+    completion: int
+    last_instance_wall: float | None
+    update_id: str | None = None
+
+
 class Flusher:
     """Delivery, both ways: series out through `client`, its acks back into `spool`."""
 
     def __init__(
-        self, spool: Spool, tracker: Tracker, client: StoreClient, metrics: ReceiverMetrics
+        self,
+        spool: Spool,
+        tracker: Tracker,
+        client: StoreClient,
+        metrics: ReceiverMetrics,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
     ) -> None:
         self.spool = spool
         self.tracker = tracker
         self.client = client
         self.metrics = metrics
+        self.held = HeldSteps(metrics, tracker.changed.set, backoff_initial, backoff_max)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
         self._acks = threading.Thread(target=self._take_acks, name="acks", daemon=True)
@@ -61,17 +88,27 @@ class Flusher:
         self._thread.join(timeout=10)
         self.client.stop(drain_timeout)
         self._acks.join(timeout=10)  # ends at the None the client queues when it is done
+        if held := len(self.held):
+            _log.warning(
+                "stopping with delivery steps the spool could not record; their entries "
+                "stay in the spool and are sent at the next start",
+                extra={"fields": {"held_steps": held}},
+            )
 
     # -- flusher thread -------------------------------------------------------------
 
     def _run(self) -> None:
-        self._recover()
+        try:
+            self._recover()
+        except Exception:
+            _log.exception("re-sending recovered updates failed; they are sent at next start")
         while not self._stopping.is_set():
             self.last_progress = time.monotonic()
-            wait = self.tracker.next_deadline()
-            # Wake at the next deadline, when an instance arrives, or at least every second.
-            self.tracker.changed.wait(1.0 if wait is None else min(wait + 0.005, 1.0))
+            waits = [w for w in (self.tracker.next_deadline(), self.held.wait()) if w is not None]
+            # Wake at the next deadline or retry, when an instance arrives, or every second.
+            self.tracker.changed.wait(min([w + 0.005 for w in waits] + [1.0]))
             self.tracker.changed.clear()
+            self.held.run_due(self._stopping)
             for flush in self.tracker.due():
                 try:
                     self._flush(flush)
@@ -102,37 +139,73 @@ class Flusher:
                 },
             )
         self._recovered = []
-        for update_id, entries in assigned.items():
-            if self._stopping.is_set():
-                return
-            payloads = self.spool.payloads(e.seq for e in entries)
-            update = updates.merge(update_id, payloads, entries[0].completion)
-            self._submit(Pending(update, None))
+        parts = [
+            _Part(entries[0].series_uid, [e.seq for e in entries], entries[0].completion, None, uid)
+            for uid, entries in assigned.items()
+        ]
+        self._send("resend", parts)
 
     def _flush(self, flush: Flush) -> None:
         self.metrics.series_flushed.labels(reason=flush.reason.value).inc()
-        parts = updates.chunks(flush.seqs)
-        for index, seqs in enumerate(parts):
+        chunks = updates.chunks(flush.seqs)
+        parts = [
             # Only the last part carries the completion reason; earlier parts are partial.
-            last = index == len(parts) - 1
-            completion = (
-                updates.COMPLETION[flush.reason] if last else pb.COMPLETION_REASON_UNSPECIFIED
+            _Part(
+                flush.series_uid,
+                seqs,
+                updates.COMPLETION[flush.reason]
+                if index == len(chunks) - 1
+                else pb.COMPLETION_REASON_UNSPECIFIED,
+                flush.last_instance_wall,
             )
+            for index, seqs in enumerate(chunks)
+        ]
+        _log.debug(
+            "series flushed",
+            extra={
+                "fields": {
+                    "series": flush.series_uid,
+                    "reason": flush.reason.value,
+                    "instances": len(flush.seqs),
+                }
+            },
+        )
+        self._send("assign", parts)
+
+    def _send(self, step: str, parts: list[_Part]) -> None:
+        """Send each part; from the first the spool fails on, hold the rest for retry.
+        While steps are held the spool is failing: new parts queue behind them, in order,
+        and go at the next retry round rather than each failing a commit of its own."""
+        if len(self.held):
+            self.held.hold(step, [self._attempt(part) for part in parts], None)
+            return
+        for index, part in enumerate(parts):
+            if self._stopping.is_set():
+                return  # what is left is in the spool, sent at the next start
+            try:
+                self._send_part(part)
+            except SPOOL_FAILURES as exc:
+                self.held.hold(step, [self._attempt(p) for p in parts[index:]], exc)
+                return
+
+    def _attempt(self, part: _Part) -> Attempt:
+        return lambda: self._send_part(part)
+
+    def _send_part(self, part: _Part) -> None:
+        """Record the part's update id in the spool (once), then queue the update."""
+        if part.update_id is None:
             update_id = uuid.uuid4().hex
-            self.spool.assign(update_id, completion, seqs)
-            update = updates.merge(update_id, self.spool.payloads(seqs), completion)
-            _log.debug(
-                "series flushed",
-                extra={
-                    "fields": {
-                        "series": flush.series_uid,
-                        "reason": flush.reason.value,
-                        "instances": len(update.instances),
-                        "update_id": update_id,
-                    }
-                },
+            self.spool.assign(update_id, part.completion, part.seqs)
+            part.update_id = update_id  # a retry after this point re-sends the same update
+        payloads = self.spool.payloads(part.seqs)
+        if not payloads:
+            _log.warning(
+                "an update's entries are no longer in the spool; nothing to send",
+                extra={"fields": {"series": part.series_uid, "update_id": part.update_id}},
             )
-            self._submit(Pending(update, flush.last_instance_wall))
+            return
+        update = updates.merge(part.update_id, payloads, part.completion)
+        self._submit(Pending(update, part.last_instance_wall))
 
     def _submit(self, pending: Pending) -> None:
         while not self.client.submit(pending, timeout=1.0):
@@ -157,9 +230,20 @@ class Flusher:
                 )
 
     def _retire(self, pending: Pending, ack: pb.SeriesAck) -> None:
-        self.spool.retire(ack.update_id)
         if pending.last_instance_wall is not None:
             self.metrics.ack_latency.observe(max(0.0, time.time() - pending.last_instance_wall))
+        update_id = ack.update_id
+
+        def retire_again() -> None:
+            self.spool.retire(update_id).result()
+
+        def hold_if_failed(retired: concurrent.futures.Future[None]) -> None:
+            # The writer thread calls this; holding only queues, it never waits on the spool.
+            if (error := retired.exception()) is not None:
+                self.held.hold("retire", [retire_again], error)
+
+        # Not waited for, so acks share group commits; a failed delete is retried alone.
+        self.spool.retire(update_id).add_done_callback(hold_if_failed)
 
     def _dead_letter(self, pending: Pending, ack: pb.SeriesAck) -> None:
         update = pending.update
@@ -175,16 +259,22 @@ class Flusher:
                 }
             },
         )
-        self.spool.dead_letter(
-            DeadLetter(
-                update_id=update.update_id,
-                created_at=time.time(),
-                series_uid=update.series.series_instance_uid,
-                num_instances=len(update.instances),
-                error_kind=_KIND_NAMES.get(ack.error.kind, "unspecified"),
-                error_field=ack.error.field,
-                error_message=ack.error.message,
-                payload=update.SerializeToString(),
-            )
+        letter = DeadLetter(
+            update_id=update.update_id,
+            created_at=time.time(),
+            series_uid=update.series.series_instance_uid,
+            num_instances=len(update.instances),
+            error_kind=_KIND_NAMES.get(ack.error.kind, "unspecified"),
+            error_field=ack.error.field,
+            error_message=ack.error.message,
+            payload=update.SerializeToString(),
         )
-        self.metrics.dead_letters.inc()
+
+        def keep_aside() -> None:
+            self.spool.dead_letter(letter)
+            self.metrics.dead_letters.inc()
+
+        try:
+            keep_aside()
+        except SPOOL_FAILURES as exc:
+            self.held.hold("dead_letter", [keep_aside], exc)

@@ -17,6 +17,9 @@ from prometheus_client import (
     Histogram,
 )
 
+# The `step` label of delivery_retries: assigning a series to an update, re-sending an
+# update recovered at start, retiring acked entries, keeping a rejected update aside.
+DELIVERY_STEPS = ("assign", "resend", "retire", "dead_letter")
 _ACK_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600)
 
 
@@ -90,7 +93,21 @@ class ReceiverMetrics:
             "Updates the store rejected as invalid, kept aside",
             registry=r,
         )
+        self.delivery_retries = Counter(
+            "seriesflow_receiver_delivery_retries",
+            "Delivery steps that failed on the spool (disk full, I/O error) and were "
+            "scheduled again with backoff, by step",
+            ["step"],
+            registry=r,
+        )
+        self.delivery_held = Gauge(
+            "seriesflow_receiver_delivery_held",
+            "Delivery steps waiting to be retried because the spool could not be written",
+            registry=r,
+        )
         # Pre-create every label value so dashboards see zeros, not missing series.
+        for step in DELIVERY_STEPS:
+            self.delivery_retries.labels(step=step)
         for reason in ("idle", "released", "max_age"):
             self.series_flushed.labels(reason=reason)
         for result in ("accepted", "rejected"):

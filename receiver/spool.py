@@ -105,6 +105,8 @@ class Spool:
         self._writer: threading.Thread | None = None
         self._closed = False
         self.last_commit_ok = True
+        self._outage_since = 0.0  # monotonic time of the first failed commit of an outage
+        self._failed_commits = 0
         self.last_progress = time.monotonic()
 
     # -- life cycle -----------------------------------------------------------------
@@ -181,7 +183,8 @@ class Spool:
         return future
 
     def assign(self, update_id: str, completion: int, seqs: Sequence[int]) -> None:
-        """Record that these entries travel in update `update_id` (kept across restarts)."""
+        """Record that these entries travel in update `update_id` (kept across restarts).
+        Raises SpoolUnavailable if the write failed; then nothing changed."""
 
         def update(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -191,27 +194,32 @@ class Spool:
 
         self._submit(update).result()
 
-    def retire(self, update_id: str) -> None:
-        """The store acked `update_id`: forget its entries (not waited for)."""
+    def retire(self, update_id: str) -> concurrent.futures.Future[None]:
+        """The store acked `update_id`: forget its entries. Not waited for: the future
+        fails with SpoolUnavailable if the write did (the entries then stay, still
+        assigned, for the caller to retire again)."""
 
-        def delete(conn: sqlite3.Connection) -> None:
-            self._forget(conn, update_id)
+        def delete(conn: sqlite3.Connection) -> tuple[int, int]:
+            forgotten = self._forget(conn, update_id)
             conn.execute("DELETE FROM entries WHERE update_id = ?", (update_id,))
+            return forgotten
 
-        self._submit(delete, wait=False)
+        return self._release_when_committed(self._submit(delete))
 
     def dead_letter(self, letter: DeadLetter) -> None:
-        """The store rejected `letter.update_id` as invalid: keep it aside, retire its entries."""
+        """The store rejected `letter.update_id` as invalid: keep it aside, retire its entries.
+        Raises SpoolUnavailable if the write failed; then nothing changed."""
 
-        def move(conn: sqlite3.Connection) -> None:
-            self._forget(conn, letter.update_id)
+        def move(conn: sqlite3.Connection) -> tuple[int, int]:
+            forgotten = self._forget(conn, letter.update_id)
             conn.execute(
                 "INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?,?,?,?,?)",
                 dataclasses.astuple(letter),
             )
             conn.execute("DELETE FROM entries WHERE update_id = ?", (letter.update_id,))
+            return forgotten
 
-        self._submit(move).result()
+        self._release_when_committed(self._submit(move)).result()
 
     def delete_dead_letter(self, update_id: str) -> None:
         def delete(conn: sqlite3.Connection) -> None:
@@ -219,14 +227,34 @@ class Spool:
 
         self._submit(delete).result()
 
-    def _forget(self, conn: sqlite3.Connection, update_id: str) -> None:
-        rows = conn.execute(
-            "SELECT seq, nbytes FROM entries WHERE update_id = ?", (update_id,)
-        ).fetchall()
-        with self._lock:
-            for _seq, nbytes in rows:
+    def _forget(self, conn: sqlite3.Connection, update_id: str) -> tuple[int, int]:
+        """(entries, bytes) of `update_id`, to release once their deletion is committed."""
+        row = conn.execute(
+            "SELECT count(*), coalesce(sum(nbytes), 0) FROM entries WHERE update_id = ?",
+            (update_id,),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def _release_when_committed(
+        self, future: concurrent.futures.Future[tuple[int, int]]
+    ) -> concurrent.futures.Future[None]:
+        """The pending totals drop only after the commit: a rolled-back delete (disk full)
+        leaves the entries and their bytes counted, so retrying it counts them once."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def release(committed: concurrent.futures.Future[tuple[int, int]]) -> None:
+            error = committed.exception()
+            if error is not None:
+                done.set_exception(error)
+                return
+            count, nbytes = committed.result()
+            with self._lock:
+                self._pending_count -= count
                 self._pending_bytes -= nbytes
-                self._pending_count -= 1
+            done.set_result(None)
+
+        future.add_done_callback(release)
+        return done
 
     def _submit(
         self, operation: Callable[[sqlite3.Connection], Any], wait: bool = True
@@ -270,17 +298,34 @@ class Spool:
                 results.append(operation(conn))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            # Once per outage (a full disk fails every commit until space returns, and
+            # senders and the flusher keep trying): the first failure, then the recovery.
+            if self.last_commit_ok:
+                self._outage_since = time.monotonic()
+                _log.warning(
+                    "spool write failed (disk full or I/O error); answering 0xA700 and "
+                    "retrying delivery until it works again",
+                    extra={"fields": {"error": str(exc), "spool": str(self.path)}},
+                )
             self.last_commit_ok = False
-            _log.error(
-                "spool write failed; answering 0xA700 until it works again",
-                extra={"fields": {"error": str(exc), "spool": str(self.path)}},
-            )
+            self._failed_commits += 1
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             for _, future in batch:
                 if future is not None:
                     future.set_exception(SpoolUnavailable(f"spool write failed: {exc}"))
             return
+        if not self.last_commit_ok:
+            _log.info(
+                "spool writable again",
+                extra={
+                    "fields": {
+                        "failed_commits": self._failed_commits,
+                        "outage_seconds": round(time.monotonic() - self._outage_since, 3),
+                    }
+                },
+            )
+            self._failed_commits = 0
         self.last_commit_ok = True
         for (_, future), result in zip(batch, results, strict=True):
             if future is not None:

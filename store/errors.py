@@ -5,8 +5,8 @@
     │                         Transient: streams end UNAVAILABLE, the receiver re-sends.
     ├── RetryableConflict     deadlock or serialization failure: the transaction is retried
     │                         (ABORTED if it keeps losing).
-    ├── RejectedData          PostgreSQL refused the data itself (class 22/23): the update
-    │                         is rejected alone as INVALID; re-sending cannot succeed.
+    ├── RejectedData          PostgreSQL refused the data itself (class 22/23/54): the
+    │                         update is rejected alone as INVALID; re-sending cannot succeed.
     ├── SchemaNotAtHead       tables missing or at another revision: run `seriesflow migrate`.
     ├── DatabaseFault         anything else PostgreSQL raised: a bug or a misconfiguration.
     ├── BadRequest            a query request is malformed; `field` names the culprit.
@@ -74,6 +74,11 @@ SQLSTATE_TABLE: dict[str, type[StoreError]] = {
     "58": DatabaseUnavailable,  # system error (I/O error)
     "22": RejectedData,  # data exception
     "23": RejectedData,  # integrity constraint violation
+    # program limit exceeded (a value too long for an index row, JSON nested too deeply):
+    # caused by one update's data, never by the connection. psycopg files it under
+    # OperationalError, which the type fallback would make DatabaseUnavailable, and the
+    # receiver would re-send the same update forever.
+    "54": RejectedData,
 }
 
 # Fallback by exception type, for errors without a SQLSTATE (a connection that broke

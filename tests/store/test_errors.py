@@ -49,6 +49,9 @@ def test_sqlstates_map_to_the_documented_errors() -> None:
         psycopg.errors.UndefinedTable: errors.SchemaNotAtHead,
         psycopg.errors.UntranslatableCharacter: errors.RejectedData,
         psycopg.errors.UniqueViolation: errors.RejectedData,
+        psycopg.errors.ProgramLimitExceeded: errors.RejectedData,  # index row too large
+        psycopg.errors.StatementTooComplex: errors.RejectedData,
+        psycopg.errors.NumericValueOutOfRange: errors.RejectedData,
         psycopg.OperationalError: errors.DatabaseUnavailable,  # no SQLSTATE: connection lost
         psycopg_pool.PoolTimeout: errors.DatabaseUnavailable,
     }
