@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -102,6 +103,13 @@ def build(
 def _representative_json(parsed: ParsedHeader) -> str:
     """The header as DICOM JSON without bulk data, NUL characters removed.
 
+    NaN, +Infinity and -Infinity are legal values of FD and FL (binary IEEE floats), but
+    JSON has no number for them and PS3.18 F.2 says nothing about them; such a value is
+    written as a JSON string, "NaN", "Infinity" or "-Infinity" (what Python and JavaScript
+    call them), so the header is still valid JSON, the value is not lost, and the store
+    keeps it as it is (it canonicalises bare NaN/Infinity literals the same way).
+    Finite values stay JSON numbers.
+
     Adds to `parsed.fallbacks` every text attribute it meets that did not decode cleanly,
     and only once the whole header rendered."""
 
@@ -111,7 +119,9 @@ def _representative_json(parsed: ParsedHeader) -> str:
     as_dict = parsed.dataset.to_json_dict(
         bulk_data_threshold=1024, bulk_data_element_handler=drop_bulk
     )
-    rendered = json.dumps(_clean(as_dict), ensure_ascii=False, separators=(",", ":"))
+    rendered = json.dumps(
+        _clean(as_dict), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
     parsed.fallbacks |= _undecoded_text(parsed.dataset)
     return rendered
 
@@ -141,7 +151,12 @@ def _clean(value: Any) -> Any:
         return [_clean(item) for item in value]
     if isinstance(value, str):
         return value.replace("\x00", "")
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NON_FINITE[math.copysign(1.0, value) if math.isinf(value) else 0.0]
     return value
+
+
+_NON_FINITE = {0.0: "NaN", 1.0: "Infinity", -1.0: "-Infinity"}
 
 
 def _timestamp(seconds: float) -> Timestamp:

@@ -125,3 +125,37 @@ def test_a_value_pydicom_cannot_convert_is_unparseable() -> None:
             representative=False,
         )
     assert failed.value.reason == "unparseable"
+
+
+def _strict_json(text: str) -> dict[str, object]:
+    """json.loads that refuses the NaN/Infinity literals Python would otherwise accept."""
+
+    def refuse(literal: str) -> None:
+        raise AssertionError(f"non-JSON literal {literal} in the header")
+
+    parsed = json.loads(text, parse_constant=refuse)
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def test_nan_and_infinity_in_fd_and_fl_are_written_as_json_strings() -> None:
+    ds = rx_dicom.instance(rx_dicom.SeriesSpec(), 1)
+    nan, inf = float("nan"), float("inf")
+    ds.add_new(0x00189327, "FD", [nan, inf, -inf, 1.5])  # TablePosition
+    ds.add_new(0x00186028, "FD", -inf)  # ReferencePixelPhysicalValueX
+    ds.add_new(0x00181320, "FL", nan)  # B1rms (FL: a 32-bit NaN)
+    item = Dataset()
+    item.add_new(0x00189327, "FD", inf)
+    ds.add_new(0x00082112, "SQ", [item])  # SourceImageSequence, a nested FD
+
+    update = build(ds)
+    as_json = _strict_json(update.representative_header_json)
+
+    assert as_json["00189327"] == {"vr": "FD", "Value": ["NaN", "Infinity", "-Infinity", 1.5]}
+    assert as_json["00186028"]["Value"] == ["-Infinity"]  # type: ignore[index]
+    assert as_json["00181320"]["Value"] == ["NaN"]  # type: ignore[index]
+    nested = as_json["00082112"]["Value"][0]  # type: ignore[index]
+    assert nested["00189327"]["Value"] == ["Infinity"]
+    # The instance itself is recorded as always.
+    assert update.instances[0].sop_instance_uid == str(ds.SOPInstanceUID)
+    assert update.patient.patient_name == "Doe^Jane"
