@@ -53,6 +53,10 @@ class Receiver:
             channel_credentials=client.credentials(
                 config.store_tls_ca, config.store_tls_cert, config.store_tls_key
             ),
+            options=client.channel_options(
+                config.grpc_keepalive_time, config.grpc_keepalive_timeout
+            ),
+            token_file=config.store_token_file,
         )
         self.flusher = Flusher(self.spool, self.tracker, self.client, self.metrics)
         self.intake = Intake(

@@ -24,18 +24,58 @@ from typing import Any
 import grpc
 
 from seriesflow.receiver.metrics import ReceiverMetrics
+from seriesflow.settings import ConfigError
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
 _log = logging.getLogger(__name__)
 
-_CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+_AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+_MESSAGE_LIMITS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
+
+
+def channel_options(keepalive_time: float, keepalive_timeout: float) -> list[tuple[str, int]]:
+    """Keepalive that holds an idle stream open: a ping every `keepalive_time`, data or not.
+
+    The store must permit it (its SERIESFLOW_GRPC_KEEPALIVE_MIN_TIME at or below ours);
+    otherwise it answers GOAWAY too_many_pings and the stream is torn down."""
+    return [
+        ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # 0: keep pinging on a stream that carries no data (the default stops after 2).
+        ("grpc.http2.max_pings_without_data", 0),
+        *_MESSAGE_LIMITS,
+    ]
+
+
+_CHANNEL_OPTIONS = channel_options(20.0, 10.0)
+
+
+def read_token(path: Path | None) -> str | None:
+    """The bearer token in `path` (its first line that is not blank or a # comment).
+
+    Raises ConfigError naming SERIESFLOW_STORE_TOKEN_FILE when it cannot be read or is empty."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"SERIESFLOW_STORE_TOKEN_FILE={path} cannot be read: {exc}") from None
+    for line in text.splitlines():
+        token = line.strip()
+        if token and not token.startswith("#"):
+            return token
+    raise ConfigError(f"SERIESFLOW_STORE_TOKEN_FILE={path} holds no token (one line, the token)")
+
+
+def call_metadata(token: str | None) -> list[tuple[str, str]] | None:
+    """`authorization: Bearer <token>` for the store's authentication, or none."""
+    return None if token is None else [("authorization", f"Bearer {token}")]
 
 
 @dataclasses.dataclass
@@ -77,8 +117,15 @@ class StoreClient:
         channel_credentials: grpc.ChannelCredentials | None = None,
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
+        options: list[tuple[str, int]] | None = None,
+        token_file: Path | None = None,
     ) -> None:
+        """`token_file`: read now (ConfigError if unusable) and again before each reconnect,
+        so a corrected or rotated token is picked up without a restart."""
         self.address = address
+        self._options = options if options is not None else _CHANNEL_OPTIONS
+        self._token_file = token_file
+        self._token = read_token(token_file)
         self.window = window
         self._metrics = metrics
         # Acks go one way, out to whoever consumes them; None once no more can come.
@@ -158,9 +205,10 @@ class StoreClient:
     def _stream_once(self) -> bool:
         """Run one stream until it breaks; True if it got as far as an ack."""
         if self._credentials is None:
-            channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            channel = grpc.insecure_channel(self.address, options=self._options)
         else:
-            channel = grpc.secure_channel(self.address, self._credentials, _CHANNEL_OPTIONS)
+            channel = grpc.secure_channel(self.address, self._credentials, self._options)
+        self._reread_token()
         acked = False
         try:
             self._wait_ready(channel)
@@ -168,7 +216,7 @@ class StoreClient:
             with self._cond:
                 self._generation += 1
                 generation = self._generation
-            call = stub.StoreSeries(self._requests(generation))
+            call = stub.StoreSeries(self._requests(generation), metadata=call_metadata(self._token))
             self._call = call
             self._set_connected(True)
             for ack in call:
@@ -180,7 +228,14 @@ class StoreClient:
                 extra={"fields": {"store_address": self.address}},
             )
         except grpc.RpcError as exc:
-            if not self._stopping:
+            if exc.code() in _AUTH_CODES and not self._stopping:
+                _log.error(
+                    "the store refused this receiver's credentials; instances stay in the "
+                    "spool. Fix SERIESFLOW_STORE_TOKEN_FILE (or the client certificate): the "
+                    "new token is read at the next reconnect",
+                    extra={"fields": {"code": exc.code().name, "details": exc.details()}},
+                )
+            elif not self._stopping:
                 _log.warning(
                     "StoreSeries stream broke; reconnecting and re-sending unacked updates",
                     extra={"fields": {"code": str(exc.code()), "details": exc.details()}},
@@ -196,6 +251,17 @@ class StoreClient:
                 self._cond.notify_all()
             channel.close()
         return acked
+
+    def _reread_token(self) -> None:
+        if self._token_file is None:
+            return
+        try:
+            self._token = read_token(self._token_file)
+        except ConfigError as exc:  # keep the last good token; the next reconnect retries
+            _log.warning(
+                "store token unreadable; using the previous one",
+                extra={"fields": {"error": str(exc)}},
+            )
 
     def _wait_ready(self, channel: grpc.Channel) -> None:
         ready = grpc.channel_ready_future(channel)

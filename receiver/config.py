@@ -91,6 +91,23 @@ class ReceiverConfig:
         "", _optional_path, "PEM client certificate for mTLS to the store"
     )
     store_tls_key: Path | None = setting("", _optional_path, "PEM client key for mTLS to the store")
+    store_token_file: Path | None = setting(
+        "",
+        _optional_path,
+        "file holding the bearer token sent to the store (authorization metadata); "
+        "re-read on each reconnect; empty sends none",
+    )
+    grpc_keepalive_time: float = setting(
+        "20",
+        settings.positive_seconds,
+        "seconds between keepalive pings on the store stream, also when idle; the store "
+        "must permit it (its SERIESFLOW_GRPC_KEEPALIVE_MIN_TIME at or below this)",
+    )
+    grpc_keepalive_timeout: float = setting(
+        "10",
+        settings.positive_seconds,
+        "seconds without a ping answer before the store stream counts as broken",
+    )
     stream_window: int = setting(
         "64", settings.positive_int, "series updates sent to the store and not yet acked, at most"
     )

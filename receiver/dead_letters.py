@@ -72,6 +72,7 @@ def _replay(config: ReceiverConfig, spool: Spool, letters: list[DeadLetter], out
     else:
         channel = grpc.secure_channel(config.store_address, credentials)
     updates = [pb.SeriesUpdate.FromString(letter.payload) for letter in letters]
+    metadata = client.call_metadata(client.read_token(config.store_token_file))
 
     def requests() -> Iterator[pb.SeriesUpdate]:
         yield from updates
@@ -80,7 +81,8 @@ def _replay(config: ReceiverConfig, spool: Spool, letters: list[DeadLetter], out
     answered: set[str] = set()
     try:
         stub = pb_grpc.SeriesStoreStub(channel)  # type: ignore[no-untyped-call]
-        for ack in stub.StoreSeries(requests(), timeout=_REPLAY_TIMEOUT_SECONDS):
+        acks = stub.StoreSeries(requests(), timeout=_REPLAY_TIMEOUT_SECONDS, metadata=metadata)
+        for ack in acks:
             answered.add(ack.update_id)
             if ack.ok:
                 spool.delete_dead_letter(ack.update_id)

@@ -31,6 +31,20 @@ def database_url(value: str) -> str:
     return value
 
 
+AUTH_MODES = ("auto", "none", "token", "mtls")
+
+
+def _auth_mode(value: str) -> str:
+    lowered = value.strip().lower()
+    if lowered not in AUTH_MODES:
+        raise ValueError(f"expected one of {', '.join(AUTH_MODES)}")
+    return lowered
+
+
+def _identities(value: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """Everything the store reads at start. Build it with `settings.load(StoreConfig)`."""
@@ -69,6 +83,36 @@ class StoreConfig:
         settings.path,
         "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)",
     )
+    grpc_keepalive_min_time: float = setting(
+        "10",
+        settings.positive_seconds,
+        "shortest interval between client keepalive pings the server permits (also on an "
+        "idle stream); keep it at or below the receivers' SERIESFLOW_GRPC_KEEPALIVE_TIME",
+    )
+    grpc_auth: str = setting(
+        "auto",
+        _auth_mode,
+        "gRPC API authentication: none, token (bearer tokens from the token files), mtls "
+        "(client certificate identities) or auto (token when a token file is set, else none)",
+    )
+    grpc_write_tokens_file: Path | None = setting(
+        None, settings.path, "file of bearer tokens (one a line) that may call StoreSeries"
+    )
+    grpc_read_tokens_file: Path | None = setting(
+        None, settings.path, "file of bearer tokens (one a line) that may call the query RPCs"
+    )
+    grpc_mtls_write_identities: frozenset[str] = setting(
+        "",
+        _identities,
+        "comma-separated client certificate names (CN or SAN) that may call StoreSeries "
+        "(SERIESFLOW_GRPC_AUTH=mtls)",
+    )
+    grpc_mtls_read_identities: frozenset[str] = setting(
+        "",
+        _identities,
+        "comma-separated client certificate names (CN or SAN) that may call the query RPCs "
+        "(SERIESFLOW_GRPC_AUTH=mtls)",
+    )
     shutdown_grace: float = setting(
         "10",
         settings.positive_seconds,
@@ -92,6 +136,13 @@ class StoreConfig:
     )
     log_level: str = setting("INFO", settings.log_level, "DEBUG, INFO, WARNING or ERROR")
 
+    @property
+    def auth_mode(self) -> str:
+        """The effective mode: auto resolves to token or none."""
+        if self.grpc_auth != "auto":
+            return self.grpc_auth
+        return "token" if self.grpc_write_tokens_file or self.grpc_read_tokens_file else "none"
+
     def __post_init__(self) -> None:
         if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
             raise ConfigError(
@@ -101,6 +152,25 @@ class StoreConfig:
             raise ConfigError(
                 "SERIESFLOW_GRPC_TLS_CLIENT_CA needs SERIESFLOW_GRPC_TLS_CERT and _KEY: "
                 "mutual TLS is TLS plus client certificates"
+            )
+        if self.grpc_auth == "token" and not (
+            self.grpc_write_tokens_file or self.grpc_read_tokens_file
+        ):
+            raise ConfigError(
+                "SERIESFLOW_GRPC_AUTH=token needs SERIESFLOW_GRPC_WRITE_TOKENS_FILE and/or "
+                "SERIESFLOW_GRPC_READ_TOKENS_FILE (one token a line)"
+            )
+        if self.grpc_auth == "mtls" and self.grpc_tls_client_ca is None:
+            raise ConfigError(
+                "SERIESFLOW_GRPC_AUTH=mtls needs SERIESFLOW_GRPC_TLS_CLIENT_CA (with _CERT and "
+                "_KEY): identities come from verified client certificates"
+            )
+        if self.grpc_auth == "mtls" and not (
+            self.grpc_mtls_write_identities or self.grpc_mtls_read_identities
+        ):
+            raise ConfigError(
+                "SERIESFLOW_GRPC_AUTH=mtls needs SERIESFLOW_GRPC_MTLS_WRITE_IDENTITIES and/or "
+                "SERIESFLOW_GRPC_MTLS_READ_IDENTITIES (client certificate CN or SAN names)"
             )
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ConfigError(

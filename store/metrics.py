@@ -14,6 +14,15 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 CONFLICT_KINDS = ("instance_in_other_series", "study_patient_mismatch", "series_study_mismatch")
 
+AUTH_SCOPES = ("read", "write")
+AUTH_REJECTION_REASONS = (
+    "missing_credentials",  # no authorization metadata (or no client certificate)
+    "malformed",  # authorization metadata that is not `Bearer <token>`
+    "unknown_token",  # a token in neither file
+    "unknown_identity",  # a client certificate whose names are in neither list
+    "wrong_scope",  # known, but only for the other scope
+)
+
 
 class StoreMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -69,6 +78,13 @@ class StoreMetrics:
             "1 when the last PostgreSQL probe succeeded, else 0",
             registry=r,
         )
+        self.auth_rejections = Counter(
+            "seriesflow_store_auth_rejections_total",
+            "gRPC calls refused by authentication (UNAUTHENTICATED or PERMISSION_DENIED), "
+            "by the scope the call needed and the reason",
+            ["scope", "reason"],
+            registry=r,
+        )
         # Pre-create every label value so dashboards see zeros, not missing series.
         for result in ("ok", "invalid", "unavailable"):
             self.updates.labels(result=result)
@@ -76,6 +92,9 @@ class StoreMetrics:
             self.instances.labels(result=result)
         for kind in CONFLICT_KINDS:
             self.merge_conflicts.labels(kind=kind)
+        for scope in AUTH_SCOPES:
+            for reason in AUTH_REJECTION_REASONS:
+                self.auth_rejections.labels(scope=scope, reason=reason)
 
     def watch_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         """Read pool gauges from `stats` (psycopg_pool's get_stats) at scrape time."""

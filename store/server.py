@@ -1,4 +1,5 @@
-"""Server wiring: gRPC (SeriesStore, health, reflection, TLS), /metrics, probe, shutdown.
+"""Server wiring: gRPC (SeriesStore, health, reflection, TLS, auth, keepalive policy), /metrics,
+probe, shutdown.
 
 Shutdown on SIGTERM/SIGINT: health goes NOT_SERVING, open streams answer what they have
 already read and end with UNAVAILABLE (their receivers reconnect elsewhere), the server
@@ -25,6 +26,7 @@ from prometheus_client import start_http_server
 
 from seriesflow import settings
 from seriesflow.store import reflection
+from seriesflow.store.auth import Authenticator, AuthInterceptor
 from seriesflow.store.config import StoreConfig
 from seriesflow.store.database import Database, create_pool, resolve_url
 from seriesflow.store.errors import StoreError
@@ -70,6 +72,22 @@ class RunningStore:
         self._httpd.shutdown()
         self._httpd.server_close()
         _log.info("store stopped")
+
+
+def server_options(config: StoreConfig) -> list[tuple[str, int]]:
+    """Channel options, with a keepalive policy that permits the receivers' pings.
+
+    gRPC's server default permits no ping without data more often than every 5 minutes and
+    answers a client that pings more often (receivers ping every 20 s, also on an idle
+    stream) with GOAWAY too_many_pings, tearing the stream down every few minutes."""
+    min_ping_ms = int(config.grpc_keepalive_min_time * 1000)
+    return [
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", min_ping_ms),
+        # Pings sooner than permitted still cost the client its connection, after this many.
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
 
 
 def _address(host: str, port: int) -> str:
@@ -146,9 +164,14 @@ async def start(config: StoreConfig, url: str, schema_heads: Set[str]) -> Runnin
 async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
     metrics = StoreMetrics()
     metrics.watch_pool(db.pool.get_stats)
+    authenticator = Authenticator.from_config(config)
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(GrpcMetrics(metrics.registry))],
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        # Metrics outermost, so calls refused by authentication are counted by code too.
+        interceptors=[
+            MetricsInterceptor(GrpcMetrics(metrics.registry)),
+            AuthInterceptor(authenticator, metrics),
+        ],
+        options=server_options(config),
     )
     draining = asyncio.Event()
     limits = Limits(
@@ -206,9 +229,16 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
                 "metrics_port": store.metrics_port,
                 "tls": credentials is not None,
                 "mutual_tls": config.grpc_tls_client_ca is not None,
+                "auth": authenticator.mode,
+                "keepalive_min_time_s": config.grpc_keepalive_min_time,
             }
         },
     )
+    if authenticator.mode == "token" and credentials is None:
+        _log.warning(
+            "bearer tokens travel in clear text without TLS: set SERIESFLOW_GRPC_TLS_CERT and "
+            "_KEY unless the network between receivers and store is trusted"
+        )
     return store
 
 
