@@ -13,13 +13,15 @@ import threading
 import time
 import warnings
 from types import FrameType
+from typing import cast
 
 from pydicom import config as pydicom_config
 
 from seriesflow import logs, settings
 from seriesflow.receiver import client
-from seriesflow.receiver.admission import Admission
+from seriesflow.receiver.admission import Admission, load_credentials
 from seriesflow.receiver.config import ReceiverConfig
+from seriesflow.receiver.contexts import Policy, Preference
 from seriesflow.receiver.flusher import Flusher
 from seriesflow.receiver.health import HealthServer
 from seriesflow.receiver.intake import Intake
@@ -102,8 +104,19 @@ class Receiver:
 
     def _start_dicom(self) -> None:
         config = self.config
+        credentials = (
+            load_credentials(config.user_identity_file) if config.user_identity_file else ()
+        )
         admission = Admission(
-            config.ae_title, config.allowed_calling_ae_titles, config.require_called_ae_title
+            config.ae_title,
+            config.allowed_calling_ae_titles,
+            config.require_called_ae_title,
+            credentials,
+        )
+        policy = Policy(
+            accept_unknown_sop_classes=config.accept_unknown_sop_classes,
+            accept_unknown_transfer_syntaxes=config.accept_unknown_transfer_syntaxes,
+            preference=cast(Preference, config.transfer_syntax_preference),
         )
         self.dicom = DicomServer(
             self.intake,
@@ -114,6 +127,10 @@ class Receiver:
             acse_timeout=config.acse_timeout,
             network_timeout=config.network_timeout,
             ssl_context=tls_context(config.dicom_tls_cert, config.dicom_tls_key),
+            max_pending_connections=config.max_pending_connections,
+            association_request_timeout=config.association_request_timeout,
+            max_associate_request_bytes=config.max_associate_request_bytes,
+            policy=policy,
         )
         self.dicom.start()
 

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 from seriesflow import settings
+from seriesflow.receiver import admission, contexts
 from seriesflow.settings import setting
 
 
@@ -22,6 +23,20 @@ def _non_negative_seconds(text: str) -> float:
 
 def _optional_path(value: str) -> Path | None:
     return settings.path(value) if value.strip() else None
+
+
+def _transfer_syntax_preference(text: str) -> str:
+    if text.strip() not in contexts.PREFERENCES:
+        raise ValueError(f"expected one of {', '.join(contexts.PREFERENCES)}")
+    return text.strip()
+
+
+def _user_identity_file(text: str) -> Path | None:
+    """The path, checked now so that a bad file stops the receiver at start."""
+    path = _optional_path(text)
+    if path is not None:
+        admission.load_credentials(path)
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +70,50 @@ class ReceiverConfig:
         "32", settings.positive_int, "concurrent DICOM associations accepted"
     )
     acse_timeout: float = setting(
-        "30", settings.positive_seconds, "association negotiation timeout"
+        "30",
+        settings.positive_seconds,
+        "seconds a peer has to read our A-ASSOCIATE-AC/RJ; the request itself has "
+        "SERIESFLOW_ASSOCIATION_REQUEST_TIMEOUT",
+    )
+    association_request_timeout: float = setting(
+        "5",
+        settings.positive_seconds,
+        "a TCP connection must deliver its whole A-ASSOCIATE-RQ (and TLS handshake) within this",
+    )
+    max_pending_connections: int = setting(
+        "64",
+        settings.positive_int,
+        "TCP connections not yet associated, at most; more are closed at once "
+        "(they never count against SERIESFLOW_MAX_ASSOCIATIONS)",
+    )
+    max_associate_request_bytes: int = setting(
+        "64KiB",
+        settings.byte_size,
+        "a larger A-ASSOCIATE-RQ is refused (A-ASSOCIATE-RJ local-limit-exceeded) unread",
+    )
+    accept_unknown_sop_classes: bool = setting(
+        "true",
+        settings.boolean,
+        "accept any abstract syntax that is not a known non-storage service as a storage SOP "
+        "class (private and new IODs), like storescp --promiscuous",
+    )
+    accept_unknown_transfer_syntaxes: bool = setting(
+        "false",
+        settings.boolean,
+        "also accept transfer syntaxes not in docs/conformance.md, read as explicit VR little "
+        "endian",
+    )
+    transfer_syntax_preference: str = setting(
+        "sender",
+        _transfer_syntax_preference,
+        "which proposed syntax a context gets: sender (its first we accept) or explicit-first "
+        "(explicit VR little endian when proposed)",
+    )
+    user_identity_file: Path | None = setting(
+        "",
+        _user_identity_file,
+        "file of credentials ([CALLING_AE] username[:password] a line) every association must "
+        "present as DICOM User Identity; empty checks none",
     )
     dimse_timeout: float = setting("30", settings.positive_seconds, "DIMSE message timeout")
     network_timeout: float = setting(

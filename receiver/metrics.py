@@ -105,6 +105,23 @@ class ReceiverMetrics:
             "Delivery steps waiting to be retried because the spool could not be written",
             registry=r,
         )
+        self.contexts_rejected = Counter(
+            "seriesflow_receiver_presentation_contexts_rejected",
+            "Proposed presentation contexts answered with a rejection, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "seriesflow_receiver_connections_refused",
+            "TCP connections closed before association, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_pending = Gauge(
+            "seriesflow_receiver_connections_pending",
+            "TCP connections open that have not yet sent a whole A-ASSOCIATE-RQ",
+            registry=r,
+        )
         # Pre-create every label value so dashboards see zeros, not missing series.
         for step in DELIVERY_STEPS:
             self.delivery_retries.labels(step=step)
@@ -112,3 +129,11 @@ class ReceiverMetrics:
             self.series_flushed.labels(reason=reason)
         for result in ("accepted", "rejected"):
             self.associations.labels(result=result)
+        for reason in (
+            "abstract_syntax_not_supported",
+            "transfer_syntaxes_not_supported",
+            "role_not_supported",
+        ):
+            self.contexts_rejected.labels(reason=reason)
+        for reason in ("too_many_pending", "request_timeout", "request_too_large", "aborted"):
+            self.connections_refused.labels(reason=reason)

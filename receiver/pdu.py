@@ -27,8 +27,42 @@ C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 NO_DATASET = 0x0101
 
 
+# A-ABORT sources and reasons (PS3.8 9.3.8)
+ABORT_SOURCE_USER, ABORT_SOURCE_PROVIDER = 0, 2
+ABORT_REASON_NOT_SPECIFIED = 0
+ABORT_UNRECOGNIZED_PDU = 1
+ABORT_UNEXPECTED_PDU = 2
+ABORT_UNRECOGNIZED_PARAMETER = 4
+ABORT_UNEXPECTED_PARAMETER = 5
+ABORT_INVALID_PARAMETER = 6
+
+# A-ASSOCIATE-RJ (result, source, reason) (PS3.8 9.3.4)
+RJ_PERMANENT, RJ_TRANSIENT = 1, 2
+RJ_APPLICATION_CONTEXT_NOT_SUPPORTED = (RJ_PERMANENT, 1, 2)
+RJ_USER_NO_REASON = (RJ_PERMANENT, 1, 1)  # service-user, no reason given: user identity
+RJ_PROTOCOL_VERSION_NOT_SUPPORTED = (RJ_PERMANENT, 2, 2)
+RJ_TEMPORARY_CONGESTION = (RJ_TRANSIENT, 3, 1)
+RJ_LOCAL_LIMIT_EXCEEDED = (RJ_TRANSIENT, 3, 2)
+RJ_REQUEST_TOO_LARGE = (RJ_PERMANENT, 3, 2)  # local-limit-exceeded; resending cannot help
+
+
 class ProtocolError(Exception):
-    """The peer sent bytes that break PS3.8/PS3.7; the association is aborted."""
+    """The peer sent bytes that break PS3.8/PS3.7; the association is aborted with
+    `abort_reason` (PS3.8 9.3.8, service-provider source)."""
+
+    abort_reason = ABORT_REASON_NOT_SPECIFIED
+
+
+class InvalidParameter(ProtocolError):
+    """A PDU field holds a value PS3.8 does not allow (e.g. an even presentation-context ID)."""
+
+    abort_reason = ABORT_INVALID_PARAMETER
+
+
+class UnexpectedPdu(ProtocolError):
+    """A PDU of a type not allowed in the association's state (e.g. P-DATA before A-ASSOCIATE)."""
+
+    abort_reason = ABORT_UNEXPECTED_PDU
 
 
 @dataclasses.dataclass
@@ -38,6 +72,30 @@ class PresentationContext:
     transfer_syntaxes: list[str]
 
 
+@dataclasses.dataclass(frozen=True)
+class UserIdentity:
+    """User Identity negotiation sub-item (PS3.7 D.3.3.7): type 1 username, 2 username and
+    passcode, 3 Kerberos, 4 SAML, 5 JWT."""
+
+    kind: int
+    positive_response_requested: bool
+    primary: bytes
+    secondary: bytes
+
+    def __repr__(self) -> str:  # never the passcode, ticket or token
+        return f"UserIdentity(kind={self.kind})"
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleProposal:
+    """SCP/SCU Role Selection sub-item (PS3.7 D.3.3.4): the roles the requestor proposes
+    for itself."""
+
+    sop_class_uid: str
+    scu: bool
+    scp: bool
+
+
 @dataclasses.dataclass
 class AssociateRequest:
     called_ae_title: str
@@ -45,6 +103,13 @@ class AssociateRequest:
     contexts: list[PresentationContext]
     max_pdu_length: int  # what the requestor can receive; 0 = unlimited
     echo_fields: bytes  # bytes 2..68 of the body, echoed in the AC as PS3.8 asks
+    protocol_version: int = 1
+    application_context: str = APPLICATION_CONTEXT
+    implementation_class_uid: str = ""
+    implementation_version: str = ""
+    async_window: tuple[int, int] | None = None  # (invoked, performed) when proposed
+    roles: list[RoleProposal] = dataclasses.field(default_factory=list)
+    user_identity: UserIdentity | None = None
 
 
 def _uid(data: bytes) -> str:
@@ -67,29 +132,83 @@ def _items(data: bytes, start: int) -> list[tuple[int, bytes]]:
     return items
 
 
+def _context(value: bytes, seen: set[int]) -> PresentationContext:
+    if len(value) < 4:
+        raise ProtocolError("presentation context item too short")
+    context_id = value[0]
+    # PS3.8 9.3.2.2: odd integers 1-255, unique in the request. A duplicate would make the
+    # AC's answer ambiguous, so the whole request is invalid (abort, invalid parameter value).
+    if context_id % 2 == 0:
+        raise InvalidParameter(f"presentation context ID {context_id} is not odd")
+    if context_id in seen:
+        raise InvalidParameter(f"presentation context ID {context_id} proposed twice")
+    seen.add(context_id)
+    abstract, syntaxes = "", []
+    for sub_kind, sub_value in _items(value, 4):
+        if sub_kind == 0x30:
+            abstract = _uid(sub_value)
+        elif sub_kind == 0x40:
+            syntaxes.append(_uid(sub_value))
+    return PresentationContext(context_id, abstract, syntaxes)
+
+
+def _role(value: bytes) -> RoleProposal:
+    if len(value) < 2:
+        raise ProtocolError("role selection sub-item too short")
+    length = struct.unpack_from(">H", value)[0]
+    if len(value) != 2 + length + 2:
+        raise ProtocolError("role selection sub-item length does not match its UID")
+    return RoleProposal(_uid(value[2 : 2 + length]), value[2 + length] == 1, value[3 + length] == 1)
+
+
+def _user_identity(value: bytes) -> UserIdentity:
+    if len(value) < 4:
+        raise ProtocolError("user identity sub-item too short")
+    kind, wants_response = value[0], value[1] == 1
+    primary_length = struct.unpack_from(">H", value, 2)[0]
+    primary = value[4 : 4 + primary_length]
+    rest = value[4 + primary_length :]
+    if len(primary) != primary_length or len(rest) < 2:
+        raise ProtocolError("user identity sub-item fields run past its end")
+    secondary_length = struct.unpack_from(">H", rest)[0]
+    if len(rest) != 2 + secondary_length:
+        raise ProtocolError("user identity secondary field does not match its length")
+    return UserIdentity(kind, wants_response, bytes(primary), bytes(rest[2:]))
+
+
+def _user_information(request: AssociateRequest, value: bytes) -> None:
+    for sub_kind, sub_value in _items(value, 0):
+        if sub_kind == 0x51 and len(sub_value) == 4:
+            request.max_pdu_length = struct.unpack(">I", sub_value)[0]
+        elif sub_kind == 0x52:
+            request.implementation_class_uid = _uid(sub_value)
+        elif sub_kind == 0x55:
+            request.implementation_version = sub_value.decode("ascii", "replace").strip()
+        elif sub_kind == 0x53 and len(sub_value) == 4:
+            invoked, performed = struct.unpack(">HH", sub_value)
+            request.async_window = (invoked, performed)
+        elif sub_kind == 0x54:
+            request.roles.append(_role(sub_value))
+        elif sub_kind == 0x58:
+            request.user_identity = _user_identity(sub_value)
+
+
 def parse_associate_rq(body: bytes) -> AssociateRequest:
     if len(body) < 68:
         raise ProtocolError("A-ASSOCIATE-RQ shorter than its fixed fields")
     called = body[4:20].decode("ascii", "replace").strip()
     calling = body[20:36].decode("ascii", "replace").strip()
-    contexts: list[PresentationContext] = []
-    max_pdu = 0
+    version = struct.unpack_from(">H", body)[0]
+    request = AssociateRequest(called, calling, [], 0, body[2:68], protocol_version=version)
+    seen: set[int] = set()
     for kind, value in _items(body, 68):
-        if kind == 0x20:  # presentation context
-            if len(value) < 4:
-                raise ProtocolError("presentation context item too short")
-            abstract, syntaxes = "", []
-            for sub_kind, sub_value in _items(value, 4):
-                if sub_kind == 0x30:
-                    abstract = _uid(sub_value)
-                elif sub_kind == 0x40:
-                    syntaxes.append(_uid(sub_value))
-            contexts.append(PresentationContext(value[0], abstract, syntaxes))
+        if kind == 0x10:  # application context
+            request.application_context = _uid(value)
+        elif kind == 0x20:  # presentation context
+            request.contexts.append(_context(value, seen))
         elif kind == 0x50:  # user information
-            for sub_kind, sub_value in _items(value, 0):
-                if sub_kind == 0x51 and len(sub_value) == 4:
-                    max_pdu = struct.unpack(">I", sub_value)[0]
-    return AssociateRequest(called, calling, contexts, max_pdu, body[2:68])
+            _user_information(request, value)
+    return request
 
 
 def _item(kind: int, value: bytes) -> bytes:
@@ -100,10 +219,23 @@ def _pdu(kind: int, body: bytes) -> bytes:
     return struct.pack(">BBI", kind, 0, len(body)) + body
 
 
+@dataclasses.dataclass(frozen=True)
+class Negotiated:
+    """What the AC answers beyond the presentation contexts (PS3.7 D.3.3)."""
+
+    roles: list[RoleProposal] = dataclasses.field(default_factory=list)  # accepted roles
+    async_window: bool = False  # answer the window with 1/1: no asynchronous operations
+    user_identity_response: bytes | None = None  # None: no response sub-item
+
+
 def associate_ac(
-    request: AssociateRequest, results: list[tuple[int, int, str]], max_pdu_length: int
+    request: AssociateRequest,
+    results: list[tuple[int, int, str]],
+    max_pdu_length: int,
+    negotiated: Negotiated | None = None,
 ) -> bytes:
     """A-ASSOCIATE-AC; `results` holds (context id, result, transfer syntax) per context."""
+    negotiated = negotiated or Negotiated()
     body = bytearray(struct.pack(">HH", 1, 0)[:2])  # protocol version 1
     body += request.echo_fields
     body += _item(0x10, APPLICATION_CONTEXT.encode())
@@ -111,7 +243,15 @@ def associate_ac(
         body += _item(0x21, bytes([context_id, 0, result, 0]) + _item(0x40, syntax.encode()))
     user = _item(0x51, struct.pack(">I", max_pdu_length))
     user += _item(0x52, IMPLEMENTATION_CLASS_UID.encode())
+    if negotiated.async_window:
+        user += _item(0x53, struct.pack(">HH", 1, 1))
+    for role in negotiated.roles:
+        uid = role.sop_class_uid.encode()
+        user += _item(0x54, struct.pack(">H", len(uid)) + uid + bytes([role.scu, role.scp]))
     user += _item(0x55, IMPLEMENTATION_VERSION)
+    if negotiated.user_identity_response is not None:
+        response = negotiated.user_identity_response
+        user += _item(0x59, struct.pack(">H", len(response)) + response)
     body += _item(0x50, user)
     return _pdu(ASSOCIATE_AC, bytes(body))
 
@@ -124,8 +264,9 @@ def release_rp() -> bytes:
     return _pdu(RELEASE_RP, bytes(4))
 
 
-def abort(source: int = 2, reason: int = 0) -> bytes:
-    """A-ABORT; source 2 = service provider (the upper layer itself), 0 = service user."""
+def abort(source: int = ABORT_SOURCE_PROVIDER, reason: int = ABORT_REASON_NOT_SPECIFIED) -> bytes:
+    """A-ABORT; source 2 = service provider (the upper layer itself), 0 = service user;
+    `reason` one of the ABORT_* values (meaningful only with source 2)."""
     return _pdu(ABORT, bytes([0, 0, source, reason]))
 
 

@@ -18,10 +18,16 @@ import socket
 import ssl
 import struct
 import threading
+import time
 
 from seriesflow.receiver import pdu
 from seriesflow.receiver.admission import Admission
-from seriesflow.receiver.contexts import ACCEPTANCE, negotiate
+from seriesflow.receiver.contexts import (
+    ACCEPTANCE,
+    REJECTION_REASONS,
+    USER_REJECTION,
+    Policy,
+)
 from seriesflow.receiver.intake import SUCCESS, Answer, Intake
 
 _log = logging.getLogger(__name__)
@@ -32,6 +38,9 @@ MAX_PDU_LENGTH = 256 * 1024
 _ABSURD_PDU = 64 * 1024 * 1024
 _STREAM_LIMIT = 4 * 1024 * 1024
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+# At most one log line per this many seconds about connections closed before association
+# (a flood of idle connections must not become a flood of log lines).
+_REFUSAL_LOG_INTERVAL = 10.0
 
 
 class DicomServer:
@@ -48,6 +57,10 @@ class DicomServer:
         acse_timeout: float,
         network_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        max_pending_connections: int = 64,
+        association_request_timeout: float = 5.0,
+        max_associate_request_bytes: int = 64 * 1024,
+        policy: Policy | None = None,
     ) -> None:
         self.intake = intake
         self.host, self.requested_port = host, port
@@ -56,6 +69,18 @@ class DicomServer:
         self.admission = admission
         self.acse_timeout, self.network_timeout = acse_timeout, network_timeout
         self.ssl_context = ssl_context
+        # Connections that have not yet delivered an A-ASSOCIATE-RQ are bounded apart from
+        # associations, with their own short timeout: idle sockets cannot lock senders out.
+        self.max_pending_connections = max_pending_connections
+        self.association_request_timeout = association_request_timeout
+        self.max_associate_request_bytes = max_associate_request_bytes
+        self.policy = policy or Policy()
+        # Not yet associated, oldest first: when full, the oldest is dropped for the newest
+        # (a real sender's A-ASSOCIATE-RQ follows its connect at once; an idle one never does).
+        self.pending: dict[int, _Association] = {}
+        self.associated = 0
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = 0.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="dicom", daemon=True)
         self._server: asyncio.Server | None = None
@@ -77,6 +102,7 @@ class DicomServer:
             self.requested_port,
             ssl=self.ssl_context,
             backlog=128,
+            ssl_handshake_timeout=self.association_request_timeout if self.ssl_context else None,
             # The stream pauses the socket whenever it buffers 2 x limit; the default
             # (64 KiB) paused and resumed it several times per CT slice.
             limit=_STREAM_LIMIT,
@@ -109,17 +135,25 @@ class DicomServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self.pending) >= self.max_pending_connections:
+            oldest = next(iter(self.pending.values()))
+            oldest.request_read()
+            oldest.task.cancel()
+            self.refused_before_association("too_many_pending", oldest.writer)
         self._tasks.add(task)
-        association = _Association(self, reader, writer, next(self._ids))
+        association = _Association(self, reader, writer, next(self._ids), task)
+        self.pending[association.key] = association
+        self.intake.metrics.connections_pending.inc()
         try:
             await association.run()
         except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
             pass
         except pdu.ProtocolError as exc:
             _log.warning(
-                "DICOM protocol error; association aborted", extra={"fields": {"error": str(exc)}}
+                "DICOM protocol error; association aborted",
+                extra={"fields": {"error": str(exc), "abort_reason": exc.abort_reason}},
             )
-            association.send(pdu.abort())
+            association.send(pdu.abort(reason=exc.abort_reason))
         except TimeoutError:
             _log.info(
                 "association idle too long; aborted", extra={"fields": association.peer_fields()}
@@ -129,9 +163,24 @@ class DicomServer:
             _log.exception("unexpected error in an association; aborted")
             association.send(pdu.abort())
         finally:
+            association.request_read()
+            if association.counted:
+                self.associated -= 1
             self._tasks.discard(task)
             self.intake.association_ended(association.key, association.released)
             writer.close()
+
+    def refused_before_association(self, reason: str, writer: asyncio.StreamWriter) -> None:
+        """Count a connection closed before association; log it, at most once per interval."""
+        self.intake.metrics.connections_refused.labels(reason=reason).inc()
+        self._refusals_unlogged += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= _REFUSAL_LOG_INTERVAL:
+            peer = writer.get_extra_info("peername") or ("?", 0)
+            fields = {"reason": reason, "peer": f"{peer[0]}:{peer[1]}"}
+            fields["connections_since_last_line"] = str(self._refusals_unlogged)
+            _log.warning("connection closed before association", extra={"fields": fields})
+            self._refusals_unlogged, self._refusal_logged_at = 0, now
 
 
 class _Association:
@@ -141,9 +190,12 @@ class _Association:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         key: int,
+        task: asyncio.Task[None],
     ) -> None:
         self.server, self.reader, self.writer, self.key = server, reader, writer, key
+        self.task = task
         self.released = False
+        self.counted = False  # counted in server.associated
         self.calling = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract, transfer syntax)
         self.peer_max_pdu = 0
@@ -181,37 +233,143 @@ class _Association:
         return kind, body
 
     async def run(self) -> None:
-        kind, body = await self.read_pdu(self.server.acse_timeout)
-        if kind != pdu.ASSOCIATE_RQ:
-            raise pdu.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type {kind}")
-        if not await self.associate(pdu.parse_associate_rq(body)):
+        request = await self.read_associate_rq()
+        if request is None or not await self.associate(request):
             return
         await self.serve_messages()
+
+    def request_read(self) -> None:
+        """The connection is no longer pending (its request arrived, or it ended)."""
+        if self.server.pending.pop(self.key, None) is not None:
+            self.server.intake.metrics.connections_pending.dec()
+
+    async def read_associate_rq(self) -> pdu.AssociateRequest | None:
+        """The A-ASSOCIATE-RQ, within the request timeout and size cap; None when refused.
+
+        The size is checked from the 6-byte PDU header, before any of the body is read."""
+        server = self.server
+        try:
+            async with asyncio.timeout(server.association_request_timeout):
+                head = await self.reader.readexactly(6)
+                kind, length = head[0], struct.unpack(">I", head[2:6])[0]
+                if kind != pdu.ASSOCIATE_RQ:
+                    if not pdu.ASSOCIATE_RQ <= kind <= pdu.ABORT:
+                        raise pdu.ProtocolError(f"unrecognised PDU type {kind}")
+                    raise pdu.UnexpectedPdu(f"expected A-ASSOCIATE-RQ, got PDU type {kind}")
+                if length > server.max_associate_request_bytes:
+                    await self.refuse_unread(length)
+                    return None
+                body = await self.reader.readexactly(length)
+        except TimeoutError:
+            # PS3.8's ARTIM timer: no association yet, so no A-ABORT; the socket is closed.
+            server.refused_before_association("request_timeout", self.writer)
+            return None
+        except asyncio.IncompleteReadError:
+            server.refused_before_association("aborted", self.writer)
+            return None
+        finally:
+            self.request_read()
+        self.quick_ack()
+        return pdu.parse_associate_rq(body)
+
+    async def refuse_unread(self, length: int) -> None:
+        self.server.refused_before_association("request_too_large", self.writer)
+        result, source, reason = pdu.RJ_REQUEST_TOO_LARGE
+        self.send(pdu.associate_rj(result, source, reason))
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(1.0):
+                await self.writer.drain()
+        _log.info(
+            "A-ASSOCIATE-RQ too large; rejected unread",
+            extra={
+                "fields": {
+                    **self.peer_fields(),
+                    "length": length,
+                    "limit": self.server.max_associate_request_bytes,
+                }
+            },
+        )
 
     async def associate(self, request: pdu.AssociateRequest) -> bool:
         self.calling = request.calling_ae_title
         called = request.called_ae_title
-        refusal = self.server.admission.refusal(self.calling, called)
-        if refusal is None and len(self.server._tasks) > self.server.max_associations:
-            refusal = (2, 3, 2), "too many associations"
+        server = self.server
+        refusal = _request_refusal(request) or server.admission.refusal(
+            self.calling, called, request.user_identity
+        )
+        if refusal is None and server.associated >= server.max_associations:
+            refusal = pdu.RJ_LOCAL_LIMIT_EXCEEDED, "too many associations"
         if refusal is not None:
             (result, source, reason), why = refusal
             self.send(pdu.associate_rj(result, source, reason))
-            await self.writer.drain()
+            async with asyncio.timeout(server.acse_timeout):
+                await self.writer.drain()
             peer = self.peer_fields()["peer"]
-            self.server.intake.association_rejected(self.calling, called, peer, why)
+            server.intake.association_rejected(self.calling, called, peer, why)
             return False
-        results = []
+        server.associated += 1
+        self.counted = True
+        results, negotiated = self.negotiate(request)
+        self.peer_max_pdu = request.max_pdu_length
+        self.send(pdu.associate_ac(request, results, MAX_PDU_LENGTH, negotiated))
+        async with asyncio.timeout(server.acse_timeout):
+            await self.writer.drain()
+        server.intake.association_opened(self.key)
+        return True
+
+    def negotiate(
+        self, request: pdu.AssociateRequest
+    ) -> tuple[list[tuple[int, int, str]], pdu.Negotiated]:
+        """Each context's result, and the extended negotiation answers (PS3.7 D.3.3)."""
+        policy = self.server.policy
+        # Role selection: the requestor may be SCU of what we serve as SCP; we are never
+        # SCU (no C-GET sub-operations), so an SCP role for the requestor is refused, and a
+        # context whose requestor declines the SCU role is of no use: it is rejected.
+        roles = [
+            pdu.RoleProposal(r.sop_class_uid, r.scu and policy.serves(r.sop_class_uid), False)
+            for r in request.roles
+        ]
+        not_scu = {r.sop_class_uid for r in request.roles if not r.scu}
+        results, rejected = [], []
         for context in request.contexts:
-            result, syntax = negotiate(context.abstract_syntax, context.transfer_syntaxes)
+            if context.abstract_syntax in not_scu:
+                result = USER_REJECTION
+                syntax = context.transfer_syntaxes[0] if context.transfer_syntaxes else ""
+            else:
+                result, syntax = policy.negotiate(
+                    context.abstract_syntax, context.transfer_syntaxes
+                )
             results.append((context.context_id, result, syntax))
             if result == ACCEPTANCE:
                 self.contexts[context.context_id] = (context.abstract_syntax, syntax)
-        self.peer_max_pdu = request.max_pdu_length
-        self.send(pdu.associate_ac(request, results, MAX_PDU_LENGTH))
-        await self.writer.drain()
-        self.server.intake.association_opened(self.key)
-        return True
+            else:
+                reason = REJECTION_REASONS.get(result, "role_not_supported")
+                self.server.intake.metrics.contexts_rejected.labels(reason=reason).inc()
+                rejected.append(
+                    {
+                        "context_id": context.context_id,
+                        "abstract_syntax": context.abstract_syntax,
+                        "transfer_syntaxes": context.transfer_syntaxes,
+                        "reason": reason,
+                    }
+                )
+        if rejected:  # once per association, all of them
+            _log.warning(
+                "presentation contexts rejected",
+                extra={
+                    "fields": {
+                        **self.peer_fields(),
+                        "accepted": len(self.contexts),
+                        "rejected": rejected,
+                    }
+                },
+            )
+        negotiated = pdu.Negotiated(
+            roles=roles,
+            async_window=request.async_window is not None,
+            user_identity_response=self.server.admission.identity_response(request.user_identity),
+        )
+        return results, negotiated
 
     async def serve_messages(self) -> None:
         command: list[memoryview] = []
@@ -282,3 +440,12 @@ class _Association:
             raise pdu.ProtocolError(f"DIMSE command 0x{field:04X} is not offered here")
         self.send(pdu.p_data(context_id, reply, self.peer_max_pdu))
         await self.writer.drain()
+
+
+def _request_refusal(request: pdu.AssociateRequest) -> tuple[tuple[int, int, int], str] | None:
+    """A-ASSOCIATE-RJ for a request we cannot take whoever sends it (PS3.8 9.3.2, 7.1.1.2)."""
+    if not request.protocol_version & 0x0001:
+        return pdu.RJ_PROTOCOL_VERSION_NOT_SUPPORTED, "protocol version 1 not offered"
+    if request.application_context != pdu.APPLICATION_CONTEXT:
+        return pdu.RJ_APPLICATION_CONTEXT_NOT_SUPPORTED, "application context not supported"
+    return None
