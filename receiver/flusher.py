@@ -67,6 +67,8 @@ class Flusher:
         self.client = client
         self.metrics = metrics
         self.held = HeldSteps(metrics, tracker.changed.set, backoff_initial, backoff_max)
+        self._probe_interval = backoff_max
+        self._next_probe = 0.0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
         self._acks = threading.Thread(target=self._take_acks, name="acks", daemon=True)
@@ -109,6 +111,7 @@ class Flusher:
             self.tracker.changed.wait(min([w + 0.005 for w in waits] + [1.0]))
             self.tracker.changed.clear()
             self.held.run_due(self._stopping)
+            self._probe_if_failing()
             for flush in self.tracker.due():
                 try:
                     self._flush(flush)
@@ -117,6 +120,14 @@ class Flusher:
                     _log.exception(
                         "flushing a series failed", extra={"fields": {"series": flush.series_uid}}
                     )
+
+    def _probe_if_failing(self) -> None:
+        """While the spool fails with nothing held to retry, write a probe now and then."""
+        now = time.monotonic()
+        if self.spool.last_commit_ok or len(self.held) or now < self._next_probe:
+            return
+        self._next_probe = now + self._probe_interval
+        self.spool.probe()
 
     def _recover(self) -> None:
         """Re-send updates that were assigned before a restart; re-track the rest."""

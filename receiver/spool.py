@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS entries (
     payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_update_id ON entries (update_id);
+-- One row, rewritten by probe(): a write that needs space, to see the disk is usable again.
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, written_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     update_id TEXT PRIMARY KEY,
     created_at REAL NOT NULL,
@@ -220,6 +222,16 @@ class Spool:
             return forgotten
 
         self._release_when_committed(self._submit(move)).result()
+
+    def probe(self) -> concurrent.futures.Future[None]:
+        """Commit one small write (not waited for). While commits fail (a full disk) nothing
+        else may try one: the receiver is not ready, so no sender connects; a probe that
+        commits makes the spool writable, and the receiver ready, again."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO probe VALUES (1, ?)", (time.time(),))
+
+        return self._submit(write)
 
     def delete_dead_letter(self, update_id: str) -> None:
         def delete(conn: sqlite3.Connection) -> None:

@@ -256,3 +256,28 @@ def test_update_rejected_while_the_disk_was_full_becomes_a_dead_letter_once_spac
     wait_for(lambda: receiver.spool.stats()[0] == 0 and len(servicer.seen) == 3)
     [update] = [u for u in servicer.seen if u.series.series_instance_uid == after.series_uid]
     assert len(update.instances) == 5
+
+
+def test_receiver_that_only_refused_instances_on_a_full_disk_is_ready_again_unprompted(
+    small_disk: SmallDisk,
+    make_receiver: MakeReceiver,
+    store: StoreProcess,
+    database_url: str,
+) -> None:
+    # Not ready means no sender is routed to it, so no C-STORE would ever show that the
+    # disk has space again: the receiver has to find out by itself.
+    receiver = make_receiver(data_dir=small_disk.path / "rx", store_address=store.address)
+    small_disk.fill()
+    refused = rx_dicom.SeriesSpec()
+    assert statuses(receiver.dicom_port, refused, 2) == [OUT_OF_RESOURCES] * 2
+    assert receiver.ready() == (False, "spool not writable")
+    assert (receiver.spool.stats()[0], held(receiver)) == (0, 0)  # nothing to retry
+
+    small_disk.free()
+
+    wait_for(lambda: receiver.ready() == (True, "ready"))  # with nothing sent meanwhile
+    after = rx_dicom.SeriesSpec()
+    assert statuses(receiver.dicom_port, after, 6) == [0] * 6
+    wait_for(lambda: series_counts(database_url) == {after.series_uid: 6}, timeout=30)
+    wait_for(lambda: receiver.spool.stats()[0] == 0)
+    assert series_counts(database_url) == {after.series_uid: 6}
