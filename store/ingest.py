@@ -4,7 +4,9 @@
 transaction and acks each update only after that commits). Rules, all idempotent:
 
 - Identity. Patients are keyed by (PatientID, IssuerOfPatientID), studies by
-  StudyInstanceUID, series by SeriesInstanceUID, instances by SOPInstanceUID.
+  StudyInstanceUID, series by SeriesInstanceUID, instances by SOPInstanceUID. Text of any
+  length is stored as received: its unique indexes hold the SHA-256 of the text
+  (`catalog_key`, migrations/versions/0002), not the text.
 - Instances. An instance is stored once (SOPInstanceUID is the primary key; see
   store.instances for the COPY fast path and the ON CONFLICT DO NOTHING slow path);
   re-sending it is a "duplicate" and changes nothing. num_instances and total_size_bytes
@@ -164,7 +166,8 @@ async def _upsert_patients(
         SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::date[], %b::text[],
                              %b::text[]) AS t(a, b, c, d, e, f)
         ORDER BY a, b
-        ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
+        ON CONFLICT ((catalog_key(patient_id)), (catalog_key(issuer_of_patient_id)))
+        DO UPDATE SET
             patient_name = COALESCE(NULLIF(EXCLUDED.patient_name, ''), p.patient_name),
             patient_birth_date = CASE WHEN EXCLUDED.patient_birth_date_raw <> ''
                 THEN EXCLUDED.patient_birth_date ELSE p.patient_birth_date END,
@@ -331,7 +334,7 @@ async def _record_conflicts(conn: Connection, conflicts: list[_Conflict]) -> Non
         SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
                              %b::text[]) AS t(a, b, c, d, e, f)
         ORDER BY a, b, d
-        ON CONFLICT (kind, subject_uid, rejected_value) DO UPDATE SET
+        ON CONFLICT (kind, subject_uid, (catalog_key(rejected_value))) DO UPDATE SET
             occurrences = m.occurrences + 1,
             last_seen_at = now(),
             kept_value = EXCLUDED.kept_value,

@@ -3,14 +3,25 @@
 Lists are newest first on the surrogate id (assigned when the store first stored the row,
 never changed), with keyset page tokens (store.tokens): a row's place in the order cannot
 move, so pages have no duplicates or gaps while new rows arrive; new rows show up on a
-fresh first page. Every filter has an index (see migrations/versions/0001).
+fresh first page. Every filter has an index (see migrations/versions/0001 and 0002: free
+text is compared through catalog_key, its SHA-256, then exactly).
+
+Pages are also bounded in bytes. Stored text is never cut, so a few rows can hold
+megabytes (a 1 MiB PatientName in every series); gRPC clients refuse a response above
+their receive limit (grpcurl's and gRPC's default is 4 MiB). A list page therefore ends
+early, with a next_page_token for the rest, once its encoded rows would pass
+RESPONSE_BUDGET (3 MiB); the same holds for GetSeries' instances. A page always has at
+least one row: a single row larger than the budget comes back alone, and then only the
+client's limit can be raised (grpcurl -max-msg-sz).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.rows import dict_row
 
@@ -21,6 +32,15 @@ from seriesflow.store.vocabulary import REASON_TO_PB, STATUS_FROM_PB, STATUS_TO_
 from seriesflow.v1 import series_store_pb2 as pb
 
 Row = dict[str, Any]
+M = TypeVar("M", bound=Message)
+
+# Encoded bytes of the rows of one page (see the module docstring); 1 MiB under the 4 MiB
+# default receive limit of gRPC clients leaves room for the rest of the response.
+RESPONSE_BUDGET: Final = 3 * 1024 * 1024
+# A repeated message field costs its tag and length prefix besides the message itself.
+_FIELD_OVERHEAD: Final = 6
+# Rows fetched in the first round trip from a page's server-side cursor (see _page).
+_FIRST_CHUNK: Final = 8
 
 SERIES_SELECT = """
     SELECT s.id, s.series_instance_uid, st.study_instance_uid, p.patient_id, p.patient_name,
@@ -131,11 +151,55 @@ async def _fetch(conn: Connection, sql: str, params: dict[str, Any]) -> list[Row
         return await cur.fetchall()
 
 
-def _page(rows: list[Row], size: int, keyset: list[str], filters: str) -> tuple[list[Row], str]:
-    if len(rows) <= size:
-        return rows, ""
-    last = rows[size - 1]
-    return rows[:size], tokens.encode([last[k] for k in keyset], filters)
+async def _page(
+    conn: Connection,
+    sql: str,
+    params: dict[str, Any],
+    keyset: list[str],
+    filters: str,
+    message: Callable[[Row], M],
+    budget: int = RESPONSE_BUDGET,
+) -> tuple[list[M], str]:
+    """The rows of `sql` (LIMIT page size + 1) as messages: up to the page size, fewer when
+    their encoded size would pass `budget` (never none), and the token that continues
+    after the last one returned ("" when nothing is left).
+
+    Rows are read through a server-side cursor, in chunks sized from the rows seen so far
+    to what the budget has room for, and reading stops at the budget: a page of
+    megabyte rows never holds much more than the budget in the store's memory."""
+    size = int(params["limit"]) - 1
+    out: list[M] = []
+    used = 0
+    last: Row | None = None
+    more = False
+    async with conn.cursor(name="page", row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        chunk = _FIRST_CHUNK
+        while not more and (rows := await cur.fetchmany(chunk)):
+            for row in rows:
+                if len(out) == size:
+                    more = True
+                    break
+                item = message(row)
+                used += item.ByteSize() + _FIELD_OVERHEAD
+                if out and used > budget:
+                    more = True
+                    break
+                out.append(item)
+                last = row
+            # Next, about as many rows as the budget has room for at the size seen so far:
+            # one round trip for small rows, a few rows at a time for huge ones.
+            room = max(budget - used, 0) * len(out) // max(used, 1)
+            chunk = min(max(room, 1), size + 1 - len(out))
+    if not more or last is None:
+        return out, ""
+    return out, tokens.encode([last[k] for k in keyset], filters)
+
+
+def _equals(column: str, name: str) -> str:
+    """Equality on a free-text column, through its index on catalog_key(column) (the
+    text's SHA-256: a btree cannot hold long text), then on the text itself."""
+    return f"catalog_key({column}) = catalog_key(%({name})s) AND {column} = %({name})s"
 
 
 class _Where:
@@ -154,7 +218,7 @@ class _Where:
     def patient(self, alias: str, patient_id: str) -> None:
         """Rows of `alias` (a table with patient_fk) belonging to a PatientID."""
         self.add(
-            f"{alias}.patient_fk IN (SELECT id FROM patients WHERE patient_id = %(pid)s)",
+            f"{alias}.patient_fk IN (SELECT id FROM patients WHERE {_equals('patient_id', 'pid')})",
             "pid",
             request_fields.text(patient_id, "patient_id"),
         )
@@ -178,14 +242,19 @@ _ListRequest = pb.ListSeriesRequest | pb.ListStudiesRequest | pb.ListPatientsReq
 
 
 async def _listed(
-    conn: Connection, req: _ListRequest, where: _Where, select: str, order_column: str
-) -> tuple[list[Row], str]:
+    conn: Connection,
+    req: _ListRequest,
+    where: _Where,
+    select: str,
+    order_column: str,
+    message: Callable[[Row], M],
+) -> tuple[list[M], str]:
     """One page of a list query, newest first, and the token for the next."""
-    size = where.params["limit"] - 1
     filters = tokens.fingerprint(req)
     where.before_id(order_column, tokens.decode(req.page_token, filters, (int,)))
-    rows = await _fetch(conn, where.sql(select, order_column), where.params)
-    return _page(rows, size, ["id"], filters)
+    return await _page(
+        conn, where.sql(select, order_column), where.params, ["id"], filters, message
+    )
 
 
 async def list_series(conn: Connection, req: pb.ListSeriesRequest) -> pb.ListSeriesResponse:
@@ -197,7 +266,7 @@ async def list_series(conn: Connection, req: pb.ListSeriesRequest) -> pb.ListSer
         request_fields.uid(req.study_instance_uid, "study_instance_uid"),
     )
     where.add(
-        "s.modality = %(modality)s", "modality", request_fields.text(req.modality, "modality")
+        _equals("s.modality", "modality"), "modality", request_fields.text(req.modality, "modality")
     )
     if req.status != pb.SERIES_STATUS_UNSPECIFIED and req.status not in STATUS_FROM_PB:
         raise BadRequest("status", f"unknown status {req.status}")
@@ -206,8 +275,8 @@ async def list_series(conn: Connection, req: pb.ListSeriesRequest) -> pb.ListSer
     received = request_fields.time_range(req, ("received_after", "received_before"))
     where.add("s.last_received_at >= %(received_after)s", "received_after", received[0])
     where.add("s.last_received_at < %(received_before)s", "received_before", received[1])
-    page, token = await _listed(conn, req, where, SERIES_SELECT, "s.id")
-    return pb.ListSeriesResponse(series=[series_message(r) for r in page], next_page_token=token)
+    page, token = await _listed(conn, req, where, SERIES_SELECT, "s.id", series_message)
+    return pb.ListSeriesResponse(series=page, next_page_token=token)
 
 
 async def get_series(conn: Connection, req: pb.GetSeriesRequest) -> pb.GetSeriesResponse:
@@ -226,7 +295,8 @@ async def get_series(conn: Connection, req: pb.GetSeriesRequest) -> pb.GetSeries
     if after is not None:
         keyset = "AND (COALESCE(instance_number, 2147483647), sop_instance_uid) > (%(k)s, %(sop)s)"
         params["k"], params["sop"] = int(after[0]), str(after[1])
-    instances = await _fetch(
+    head = series_message(series)
+    page, token = await _page(
         conn,
         f"""SELECT sop_instance_uid, sop_class_uid, instance_number, transfer_syntax_uid,
                    size_bytes, received_at, COALESCE(instance_number, 2147483647) AS k
@@ -234,22 +304,22 @@ async def get_series(conn: Connection, req: pb.GetSeriesRequest) -> pb.GetSeries
             ORDER BY COALESCE(instance_number, 2147483647), sop_instance_uid
             LIMIT %(limit)s""",
         params,
+        ["k", "sop_instance_uid"],
+        filters,
+        _instance_message,
+        budget=RESPONSE_BUDGET - head.ByteSize(),
     )
-    page, token = _page(instances, size, ["k", "sop_instance_uid"], filters)
-    return pb.GetSeriesResponse(
-        series=series_message(series),
-        instances=[
-            pb.Instance(
-                sop_instance_uid=i["sop_instance_uid"],
-                sop_class_uid=i["sop_class_uid"],
-                instance_number=i["instance_number"],
-                transfer_syntax_uid=i["transfer_syntax_uid"],
-                size_bytes=i["size_bytes"],
-                received_at=_ts(i["received_at"]),
-            )
-            for i in page
-        ],
-        next_page_token=token,
+    return pb.GetSeriesResponse(series=head, instances=page, next_page_token=token)
+
+
+def _instance_message(i: Row) -> pb.Instance:
+    return pb.Instance(
+        sop_instance_uid=i["sop_instance_uid"],
+        sop_class_uid=i["sop_class_uid"],
+        instance_number=i["instance_number"],
+        transfer_syntax_uid=i["transfer_syntax_uid"],
+        size_bytes=i["size_bytes"],
+        received_at=_ts(i["received_at"]),
     )
 
 
@@ -274,31 +344,31 @@ async def list_studies(conn: Connection, req: pb.ListStudiesRequest) -> pb.ListS
     where = _Where(tokens.page_size(req.page_size, 100, 1000))
     where.patient("st", req.patient_id)
     where.add(
-        "st.accession_number = %(acc)s",
+        _equals("st.accession_number", "acc"),
         "acc",
         request_fields.text(req.accession_number, "accession_number"),
     )
     where.study_dates(req.study_date_from, req.study_date_to)
-    page, token = await _listed(conn, req, where, STUDY_SELECT, "st.id")
-    return pb.ListStudiesResponse(studies=[study_message(r) for r in page], next_page_token=token)
+    page, token = await _listed(conn, req, where, STUDY_SELECT, "st.id", study_message)
+    return pb.ListStudiesResponse(studies=page, next_page_token=token)
 
 
 async def list_patients(conn: Connection, req: pb.ListPatientsRequest) -> pb.ListPatientsResponse:
     where = _Where(tokens.page_size(req.page_size, 100, 1000))
-    where.add("p.patient_id = %(pid)s", "pid", request_fields.text(req.patient_id, "patient_id"))
-    page, token = await _listed(conn, req, where, PATIENT_SELECT, "p.id")
-    return pb.ListPatientsResponse(
-        patients=[
-            pb.Patient(
-                patient_id=r["patient_id"],
-                issuer_of_patient_id=r["issuer_of_patient_id"],
-                patient_name=r["patient_name"],
-                patient_birth_date=_date(r["patient_birth_date"]),
-                patient_sex=r["patient_sex"],
-                num_studies=r["num_studies"],
-                last_received_at=_ts(r["last_received_at"]),
-            )
-            for r in page
-        ],
-        next_page_token=token,
+    where.add(
+        _equals("p.patient_id", "pid"), "pid", request_fields.text(req.patient_id, "patient_id")
+    )
+    page, token = await _listed(conn, req, where, PATIENT_SELECT, "p.id", patient_message)
+    return pb.ListPatientsResponse(patients=page, next_page_token=token)
+
+
+def patient_message(r: Row) -> pb.Patient:
+    return pb.Patient(
+        patient_id=r["patient_id"],
+        issuer_of_patient_id=r["issuer_of_patient_id"],
+        patient_name=r["patient_name"],
+        patient_birth_date=_date(r["patient_birth_date"]),
+        patient_sex=r["patient_sex"],
+        num_studies=r["num_studies"],
+        last_received_at=_ts(r["last_received_at"]),
     )

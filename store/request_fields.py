@@ -2,7 +2,7 @@
 
 Each check returns the usable value or raises BadRequest naming the field and saying what
 to send instead, before anything reaches PostgreSQL. A value that could never match a
-stored row (a UID that is not UID syntax, a filter longer than any DICOM value, a date
+stored row (a UID that is not UID syntax, a filter longer than any stored value, a date
 range that ends before it starts) is the client's mistake: INVALID_ARGUMENT, not an
 empty page.
 """
@@ -18,10 +18,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from seriesflow.store.errors import BadRequest
 from seriesflow.store.validation import is_uid, parse_date
 
-# DICOM's longest text value representations in the filters (LO, SH, CS) are 64
-# characters; stored values are not cut, so allow generous room above that, but not the
-# megabytes a client can put in a request.
-TEXT_MAX_LENGTH: Final = 1024
+# Stored text is never cut (a hostile or broken modality sends kilobytes where DICOM says
+# 64 characters), and whatever was stored must be findable: a filter may be as long as any
+# stored value can be, i.e. a whole StoreSeries message (the server's 64 MiB receive limit).
+TEXT_MAX_LENGTH: Final = 64 * 1024 * 1024
 _SHOWN: Final = 64
 
 
