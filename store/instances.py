@@ -31,7 +31,8 @@ _COPY = (
 # and header-extension length, then per row a field count and (length, bytes) per field.
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _TRAILER = struct.pack(">h", -1)
-_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, the zero of PostgreSQL timestamps
+_PG_EPOCH_US = 946_684_800_000_000
+_BIGINT_MAX = 2**63 - 1  # 2000-01-01, the zero of PostgreSQL timestamps
 
 
 @dataclass
@@ -238,7 +239,9 @@ async def _fold(
         ids.append(series_id)
         reasons.append(u.reason)
         counts.append(len(received))
-        sizes.append(sum(rows.column(u.instances.size_bytes)))  # type: ignore[arg-type]
+        # Each size is at most validation.MAX_INSTANCE_SIZE; the sum still saturates at
+        # bigint's maximum, as the series total does.
+        sizes.append(min(sum(rows.column(u.instances.size_bytes)), _BIGINT_MAX))  # type: ignore[arg-type]
         firsts.append(min(received) if received else None)  # type: ignore[type-var]
         lasts.append(max(received) if received else None)  # type: ignore[type-var]
     cur = await conn.execute(
@@ -252,7 +255,10 @@ async def _fold(
         ), upd AS (
             UPDATE series s SET
                 num_instances = s.num_instances + a.n,
-                total_size_bytes = s.total_size_bytes + a.bytes,
+                -- saturates instead of failing "bigint out of range": a total is a
+                -- statistic, and an overflow would fail every later update of the series
+                total_size_bytes = LEAST(s.total_size_bytes::numeric + a.bytes,
+                                         9223372036854775807)::bigint,
                 first_received_at = LEAST(s.first_received_at, a.first_at),
                 last_received_at = GREATEST(s.last_received_at, a.last_at),
                 completion_reason = a.reason,

@@ -8,20 +8,30 @@ An update is rejected (ack ok=false, kind INVALID, naming the field) when:
   inside a group are accepted: they are common in the wild and harmless as text);
 - it carries no instances, or more than the configured maximum;
 - any text holds a NUL character (PostgreSQL text cannot store it);
-- an instance has a negative size or a received_at outside 0001..9999;
+- an instance has a negative size, a size above MAX_INSTANCE_SIZE (1 TiB: larger than any
+  DICOM instance, and what keeps a series' total_size_bytes far from bigint overflow), or
+  a received_at outside 0001..9999;
 - representative_header_json is not a JSON object, or holds text PostgreSQL's jsonb
   refuses (NUL, unpaired surrogates);
 - the message itself is not valid protobuf / UTF-8 (see `decode_update`).
 
 Everything else is normalised here, once: dates parsed to `datetime.date` (an invalid date
 becomes None, and the raw text is kept), duplicate SOPInstanceUIDs inside one update
-collapsed, timestamps turned into microseconds since the epoch (UTC).
+collapsed, timestamps turned into microseconds since the epoch (UTC). Text has no length
+limit: it is stored exactly as received (long text is indexed by its hash, see
+migrations/versions/0002). In a representative header, a number JSON cannot carry (the
+literals NaN, Infinity and -Infinity that lax JSON writers produce for FD/FL values, or a
+number beyond a double's range) is kept as a JSON string of its value ("NaN", "Infinity",
+"-Infinity", "1e400"), the representation the receiver itself writes (receiver.record):
+PS3.18 F.2 has no JSON number for them, and rejecting the header would dead-letter
+instances the receiver already acknowledged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -34,6 +44,7 @@ from seriesflow.v1 import series_store_pb2 as pb
 
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 UID_MAX_LENGTH: Final = 64
+MAX_INSTANCE_SIZE: Final = 2**40
 # Text attributes copied as they are (NUL checked) into the catalog's columns of the same
 # name; store.ingest merges exactly these ("latest non-empty value wins").
 STUDY_TEXT: Final = (
@@ -228,24 +239,36 @@ def _header(value: str) -> str | None:
 
 def _canonical_header(value: str, name: str) -> str:
     try:
-        parsed = json.loads(value)
+        parsed = json.loads(value, parse_constant=str, parse_float=_json_float, parse_int=_json_int)
     except ValueError as exc:
         raise InvalidUpdate(name, f"is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise InvalidUpdate(name, "must be a JSON object (a DICOM JSON dataset)")
     if _holds_nul(parsed):
         raise InvalidUpdate(name, "contains a NUL character (\\u0000), which jsonb refuses")
-    try:
-        canonical = json.dumps(parsed, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        raise InvalidUpdate(
-            name, "holds a number JSON cannot represent (NaN or Infinity)"
-        ) from None
+    # Every float left is finite (see _json_float; NaN/Infinity became strings): allow_nan
+    # stays off so that no non-JSON literal can ever reach jsonb.
+    canonical = json.dumps(parsed, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     try:
         canonical.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidUpdate(name, "contains an unpaired surrogate (invalid text)") from None
     return canonical
+
+
+def _json_float(text: str) -> float | str:
+    """A JSON number with a fraction or exponent; as its text when a double cannot hold
+    it (1e400 would become Infinity, which JSON and jsonb cannot carry)."""
+    number = float(text)
+    return number if math.isfinite(number) else text
+
+
+def _json_int(text: str) -> int | str:
+    """A JSON integer; as its text when Python refuses to convert it (over 4300 digits)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _holds_nul(value: object) -> bool:
@@ -333,8 +356,11 @@ def _instances(update: pb.SeriesUpdate, *, now_us: int) -> Instances:
         if syntax not in checked:
             checked.add(_uid(syntax, f"instances[{index}].transfer_syntax_uid", required=False))
         size = inst.size_bytes
-        if size < 0:
-            raise InvalidUpdate(f"instances[{index}].size_bytes", "must not be negative")
+        if not 0 <= size <= MAX_INSTANCE_SIZE:
+            raise InvalidUpdate(
+                f"instances[{index}].size_bytes",
+                f"{size} is outside 0..{MAX_INSTANCE_SIZE} (1 TiB, more than any DICOM instance)",
+            )
         # An unset Timestamp reads as 0/0 (1970-01-01T00:00:00Z exactly, never a real
         # receive time), which saves a HasField call per instance.
         stamp = inst.received_at
