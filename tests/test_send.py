@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import free_port
 from dicom_files import ct_instance, write_study
+from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -136,3 +140,92 @@ def test_send_rejects_a_bad_port_naming_the_flag(tmp_path: Path) -> None:
     result = seriesflow("send", str(tmp_path), "--port", "99999")
     assert result.returncode == 2
     assert "--dicom-port='99999'" in result.stderr or "--port" in result.stderr
+
+
+class ReceiverProcess:
+    """`seriesflow receiver` in a child process, on 127.0.0.1; no store needed (the spool
+    takes the instances)."""
+
+    def __init__(self, data_dir: Path, **settings_: str) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "SERIESFLOW_DATA_DIR": str(data_dir),
+            "SERIESFLOW_LISTEN_HOST": "127.0.0.1",
+            "SERIESFLOW_DICOM_PORT": str(self.port),
+            "SERIESFLOW_RECEIVER_METRICS_PORT": str(free_port()),
+            "SERIESFLOW_STORE_ADDRESS": f"127.0.0.1:{free_port()}",
+            **{f"SERIESFLOW_{k.upper()}": v for k, v in settings_.items()},
+        }
+        self.log = data_dir.parent / "receiver.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "seriesflow", "receiver"], env=env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(self.log.read_text())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+SIEMENS_CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"
+RETIRED_JPEG = "1.2.840.10008.1.2.4.52"  # JPEG extended (processes 3 & 5), retired
+
+
+def _refused_files(folder: Path) -> tuple[Path, Path]:
+    study, series = generate_uid(), generate_uid()
+    private = ct_instance(study, series, generate_uid())
+    private.SOPClassUID = private.file_meta.MediaStorageSOPClassUID = SIEMENS_CSA_NON_IMAGE
+    del private.PixelData
+    private.save_as(folder / "private.dcm", enforce_file_format=True)
+    jpeg = ct_instance(study, series, generate_uid())
+    jpeg.file_meta.TransferSyntaxUID = RETIRED_JPEG
+    jpeg.PixelData = encapsulate([b"\xff\xd8" + bytes(30) + b"\xff\xd9"])
+    jpeg["PixelData"].VR = "OB"
+    jpeg.save_as(folder / "jpeg.dcm", enforce_file_format=True)
+    return folder / "private.dcm", folder / "jpeg.dcm"
+
+
+def test_send_names_the_sop_classes_and_syntaxes_the_receiver_refused(tmp_path: Path) -> None:
+    receiver = ReceiverProcess(tmp_path / "rx", accept_unknown_sop_classes="false")
+    try:
+        files = tmp_path / "files"
+        good = write_study(files, [2])
+        _refused_files(files)
+        result = seriesflow("send", str(files), "--port", str(receiver.port))
+        only_refused = tmp_path / "refused"
+        only_refused.mkdir()
+        _refused_files(only_refused)
+        alone = seriesflow("send", str(only_refused), "--port", str(receiver.port))
+    finally:
+        receiver.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "sent 2 of 4 DICOM files (2 failure, 2 success)" in out
+    assert "the receiver refused 2 of the SOP class / transfer syntax pairs:" in out
+    assert (
+        f"SOP class {SIEMENS_CSA_NON_IMAGE} in 1.2.840.10008.1.2.1 (Explicit VR Little Endian):"
+        " refused by the receiver: SOP class not supported (abstract syntax not supported)"
+    ) in out
+    assert (
+        "SOP class 1.2.840.10008.5.1.4.1.1.2 (CT Image Storage) in "
+        f"{RETIRED_JPEG} (JPEG Extended (Process 3 and 5)): refused by the receiver:"
+        " transfer syntax not supported"
+    ) in out
+    assert "2 files failed:" in out
+    assert f"private.dcm: not sent: SOP class {SIEMENS_CSA_NON_IMAGE}" in out
+    assert len(good[0].sop_instance_uids) == 2
+    # Every context refused: pynetdicom aborts the association, and send still says why.
+    assert alone.returncode == 1
+    assert "nothing answered" not in alone.stdout
+    assert "the receiver refused 2 of the SOP class / transfer syntax pairs:" in alone.stdout
+    assert "sent 0 of 2 DICOM files" in alone.stdout

@@ -78,7 +78,13 @@ class SendReport:
     skipped: list[str] = dataclasses.field(default_factory=list)
     sent: int = 0
     failed: int = 0
+    # (SOP class, transfer syntax) -> why the receiver refused that presentation context
+    refused: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def record_refused(self, pair: tuple[str, str], why: str) -> None:
+        with self.lock:
+            self.refused[pair] = why
 
     def record(self, path: Path, category: str, detail: str) -> None:
         with self.lock:
@@ -175,7 +181,10 @@ def _send_batch(
     pairs = sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in batch})
     ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in pairs]
     assoc = ae.associate(config.host, config.dicom_port, ae_title=config.ae_title)
-    if not assoc.is_established:
+    refused = _refused_pairs(assoc)
+    for pair, why in refused.items():
+        report.record_refused(pair, why)
+    if not assoc.is_established and not refused:
         kind, detail = _no_association(assoc, config)
         for f in batch:
             report.record(f.path, "Failure", f"association {kind}: {detail}")
@@ -183,7 +192,10 @@ def _send_batch(
         return
     try:
         for f in batch:
-            if not assoc.is_established:
+            pair = (f.sop_class_uid, f.transfer_syntax_uid)
+            if pair in refused:
+                report.record(f.path, "Failure", f"not sent: {_describe(pair)} {refused[pair]}")
+            elif not assoc.is_established:
                 report.record(f.path, "Failure", "association lost before sending")
             else:
                 _send_one(assoc, f, report)
@@ -191,6 +203,35 @@ def _send_batch(
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+# Presentation context results (PS3.8 9.3.3.2), as the receiver gave them
+_CONTEXT_RESULTS = {
+    1: "refused by the receiver (user rejection)",
+    2: "refused by the receiver (no reason given)",
+    3: "refused by the receiver: SOP class not supported (abstract syntax not supported)",
+    4: "refused by the receiver: transfer syntax not supported",
+}
+
+
+def _refused_pairs(assoc: Any) -> dict[tuple[str, str], str]:
+    """(SOP class, transfer syntax) -> why, for each proposed context the receiver refused.
+
+    Also when it refused them all, which pynetdicom reports as an aborted association."""
+    proposed = {cx.context_id: cx for cx in assoc.requestor.requested_contexts}
+    out = {}
+    for cx in assoc.rejected_contexts:
+        ours = proposed.get(cx.context_id, cx)
+        pair = (str(ours.abstract_syntax), str(ours.transfer_syntax[0]))
+        out[pair] = _CONTEXT_RESULTS.get(cx.result, f"refused by the receiver (result {cx.result})")
+    return out
+
+
+def _describe(pair: tuple[str, str]) -> str:
+    sop_class, syntax = UID(pair[0]), UID(pair[1])
+    sop_name = f" ({sop_class.name})" if sop_class.name != sop_class else ""
+    syntax_name = f" ({syntax.name})" if syntax.name != syntax else ""
+    return f"SOP class {sop_class}{sop_name} in {syntax}{syntax_name}"
 
 
 def _no_association(assoc: Any, config: SenderConfig) -> tuple[str, str]:
@@ -290,6 +331,9 @@ def _print_summary(report: SendReport, total: int, out: TextIO) -> None:
         if len(lines) > 20:
             say(f"  ... and {len(lines) - 20} more")
 
+    if report.refused:
+        say(f"the receiver refused {len(report.refused)} of the SOP class / transfer syntax pairs:")
+        listing([f"{_describe(pair)}: {why}" for pair, why in sorted(report.refused.items())])
     if report.skipped:
         say(f"skipped {len(report.skipped)} files that are not DICOM instances:")
         listing(report.skipped)
