@@ -254,7 +254,9 @@ class _Association:
                 kind, length = head[0], struct.unpack(">I", head[2:6])[0]
                 if kind != pdu.ASSOCIATE_RQ:
                     if not pdu.ASSOCIATE_RQ <= kind <= pdu.ABORT:
-                        raise pdu.ProtocolError(f"unrecognised PDU type {kind}")
+                        error = pdu.ProtocolError(f"unrecognised PDU type {kind}")
+                        error.abort_reason = pdu.ABORT_UNRECOGNIZED_PDU
+                        raise error
                     raise pdu.UnexpectedPdu(f"expected A-ASSOCIATE-RQ, got PDU type {kind}")
                 if length > server.max_associate_request_bytes:
                     await self.refuse_unread(length)

@@ -389,3 +389,18 @@ def test_the_asynchronous_operations_window_is_answered_one_by_one(
     assert assoc.acceptor.asynchronous_operations == (1, 1)  # type: ignore[attr-defined]
     _store_one(assoc, database_url)
     _normal_series_arrives(receiver.dicom_port, database_url)
+
+
+@pytest.mark.parametrize(
+    ("pdu_type", "reason"),
+    [(0x04, 2), (0x02, 2), (0x09, 1), (0xFF, 1)],
+    ids=["p-data", "associate-ac", "unknown-9", "unknown-255"],
+)
+def test_a_first_pdu_other_than_associate_rq_is_aborted_with_its_reason(
+    make_receiver: MakeReceiver, store: StoreProcess, database_url: str, pdu_type: int, reason: int
+) -> None:
+    receiver = make_receiver(store_address=store.address)
+    first = bytes([pdu_type, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+    # A-ABORT, service provider, unexpected-PDU (2) or unrecognized-PDU (1)
+    assert _raw_associate(receiver.dicom_port, first) == (0x07, bytes([0, 0, 2, reason]))
+    _normal_series_arrives(receiver.dicom_port, database_url)
