@@ -18,12 +18,13 @@ from typing import cast
 from pydicom import config as pydicom_config
 
 from seriesflow import logs, settings
-from seriesflow.receiver import client
+from seriesflow.receiver import client, intake
 from seriesflow.receiver.admission import Admission, load_credentials
 from seriesflow.receiver.config import ReceiverConfig
 from seriesflow.receiver.contexts import Policy, Preference
 from seriesflow.receiver.flusher import Flusher
 from seriesflow.receiver.health import HealthServer
+from seriesflow.receiver.incoming import Incoming
 from seriesflow.receiver.intake import Intake
 from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.receiver.server import DicomServer
@@ -62,7 +63,12 @@ class Receiver:
         )
         self.flusher = Flusher(self.spool, self.tracker, self.client, self.metrics)
         self.intake = Intake(
-            self.spool, self.tracker, self.metrics, config.ae_title, config.receiver_id
+            self.spool,
+            self.tracker,
+            self.metrics,
+            config.ae_title,
+            config.receiver_id,
+            Incoming(config.spool_dir / "incoming", config.max_instance_bytes),
         )
         self.dicom: DicomServer | None = None
         self.health: HealthServer | None = None
@@ -79,6 +85,7 @@ class Receiver:
 
     def start(self) -> None:
         recovered = self.spool.open()
+        self.intake.incoming.open()  # files a crash left were never acknowledged
         self.metrics.dead_letters.set(self.spool.count_dead_letters())
         self.flusher.start(recovered)
         self._start_dicom()
@@ -181,6 +188,7 @@ def quiet_libraries() -> None:
     # of parsing a header).
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    intake.tag_pydicom_logs()  # its ERROR lines then name the instance and the sender
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 

@@ -134,6 +134,12 @@ class ReceiverConfig:
     spool_max_bytes: int = setting(
         "1GiB", settings.byte_size, "pending spool size beyond which C-STORE answers 0xA700"
     )
+    max_instance_bytes: int = setting(
+        "4GiB",
+        settings.byte_size,
+        "largest dataset accepted per C-STORE (inflated size for deflated ones); a larger one "
+        "is answered 0xC001 and its bytes are dropped as they arrive",
+    )
     receiver_metrics_port: int = setting(
         "9102", settings.port, "HTTP port of /metrics, /livez and /readyz"
     )

@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import re
 import zlib
 from collections.abc import Iterator
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
 
 from pydicom.charset import convert_encodings, default_encoding, python_encoding
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -32,6 +34,9 @@ IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 EXPLICIT_BIG = "1.2.840.10008.1.2.2"
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+# Values larger than this are not read while parsing a file (see parse_file).
+_DEFER_BYTES = 64 * 1024
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _UNDEFINED = 0xFFFFFFFF
 # Lenient on purpose: leading zeros inside a component are invalid DICOM but common in the
 # wild and harmless as identifiers, so only structure and length are enforced.
@@ -116,9 +121,49 @@ class ParsedHeader:
 
 
 def parse(raw: bytes, transfer_syntax_uid: str) -> ParsedHeader:
-    """Parse the header of a C-STORE dataset encoded in `transfer_syntax_uid`."""
+    """Parse the header of a C-STORE dataset held in memory, encoded in `transfer_syntax_uid`."""
+    if transfer_syntax_uid == DEFLATED:
+        try:
+            inflated = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+        except zlib.error as exc:
+            raise HeaderError("unparseable", f"deflated dataset does not inflate: {exc}") from None
+    else:
+        inflated = raw
+    stream = io.BytesIO(inflated)
+    return _parse(stream, len(inflated), transfer_syntax_uid, len(raw), None)
+
+
+def parse_file(path: Path, transfer_syntax_uid: str, size_bytes: int) -> ParsedHeader:
+    """Parse the header from the first bytes of a dataset file (receiver.incoming).
+
+    The file holds the dataset as sent, except that a deflated one is already inflated;
+    `size_bytes` is its size on the wire. Values over _DEFER_BYTES stay in the file until
+    read (a 1 MiB name is read when asked for); bulk binary ones are dropped, since the
+    representative header leaves bulk data out anyway: memory stays bounded whatever the
+    file holds before its pixel data."""
+    with open(path, "rb") as stream:
+        total = os.fstat(stream.fileno()).st_size
+        parsed = _parse(stream, total, transfer_syntax_uid, size_bytes, _DEFER_BYTES)
+    dataset = parsed.dataset
+    # pydicom reads a deferred value from `filename` when it is first used.
+    dataset.filename = str(path)
+    dataset.buffer = None
+    dataset.fileobj_type = open
+    dataset.timestamp = None
+    for tag in [t for t, element in dataset._dict.items() if _deferred_bulk(element)]:
+        del dataset._dict[tag]
+    return parsed
+
+
+def _parse(
+    stream: BinaryIO,
+    total: int,
+    transfer_syntax_uid: str,
+    size_bytes: int,
+    defer_size: int | None,
+) -> ParsedHeader:
     with unparseable_on_failure():
-        dataset = _read(raw, transfer_syntax_uid)
+        dataset = _read(stream, total, transfer_syntax_uid, defer_size)
         uids = [_uid(dataset, keyword) for keyword in _REQUIRED_UIDS]
     fallbacks: set[str] = set()
     try:
@@ -131,22 +176,19 @@ def parse(raw: bytes, transfer_syntax_uid: str) -> ParsedHeader:
         study_uid=uids[0],
         series_uid=uids[1],
         sop_instance_uid=uids[2],
-        size_bytes=len(raw),
+        size_bytes=size_bytes,
         transfer_syntax_uid=str(transfer_syntax_uid),
         fallbacks=fallbacks,
     )
 
 
-def _read(raw: bytes, transfer_syntax_uid: str) -> Dataset:
+def _read(
+    stream: BinaryIO, total: int, transfer_syntax_uid: str, defer_size: int | None
+) -> Dataset:
+    """Read up to the pixel data; a deflated dataset arrives here already inflated."""
     implicit = transfer_syntax_uid == IMPLICIT_LITTLE
     little = transfer_syntax_uid != EXPLICIT_BIG
-    if transfer_syntax_uid == DEFLATED:
-        try:
-            raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
-        except zlib.error as exc:
-            raise HeaderError("unparseable", f"deflated dataset does not inflate: {exc}") from None
     seen: list[tuple[int, int, int]] = []
-    stream = io.BytesIO(raw)
 
     def stop(tag: int, vr: str | None, length: int) -> bool:
         # Remember where each top-level element ends, to catch truncation below.
@@ -155,9 +197,22 @@ def _read(raw: bytes, transfer_syntax_uid: str) -> Dataset:
 
     # Values stay raw until used: converting all ~250 elements of a CT header would cost
     # more than parsing it, and only a few are needed per instance.
-    dataset = read_dataset(stream, implicit, little, stop_when=stop)
-    _check_complete(seen, len(raw))
+    dataset = read_dataset(stream, implicit, little, stop_when=stop, defer_size=defer_size)
+    _check_complete(seen, total)
     return dataset
+
+
+def _deferred_bulk(element: Any) -> bool:
+    """A value left in the file that is binary bulk data (never text we store)."""
+    if not isinstance(element, RawDataElement) or element.value is not None:
+        return False
+    if element.length == 0:
+        return False
+    try:
+        vr = dictionary_VR(element.tag)
+    except KeyError:  # private or unknown: only its own VR says what it is
+        vr = element.VR or "UN"
+    return any(part.strip() in _BULK_VRS for part in str(vr).split(" or "))
 
 
 def _check_complete(seen: list[tuple[int, int, int]], total: int) -> None:

@@ -24,7 +24,24 @@ IMPLEMENTATION_VERSION = b"SERIESFLOW_01"
 # DIMSE command fields
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+C_CANCEL_RQ = 0x0FFF
+RESPONSE_BIT = 0x8000  # a response's command field is its request's with this bit set
 NO_DATASET = 0x0101
+# Requests we do not perform; each is answered with its response and UNRECOGNIZED_OPERATION
+# (PS3.7 C.5.x: the general status 0211H), so the association goes on.
+UNSUPPORTED_REQUESTS = {
+    0x0010: "C-GET",
+    0x0020: "C-FIND",
+    0x0021: "C-MOVE",
+    0x0100: "N-EVENT-REPORT",
+    0x0110: "N-GET",
+    0x0120: "N-SET",
+    0x0130: "N-ACTION",
+    0x0140: "N-CREATE",
+    0x0150: "N-DELETE",
+}
+UNRECOGNIZED_OPERATION = 0x0211
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
 # A-ABORT sources and reasons (PS3.8 9.3.8)
@@ -270,6 +287,34 @@ def abort(source: int = ABORT_SOURCE_PROVIDER, reason: int = ABORT_REASON_NOT_SP
     return _pdu(ABORT, bytes([0, 0, source, reason]))
 
 
+# -- P-DATA-TF (PS3.8 9.3.5) ---------------------------------------------------------------
+
+PDV_HEADER = 6  # item length (4), presentation context ID (1), message control header (1)
+PDV_COMMAND, PDV_LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
+
+
+class UnexpectedParameter(ProtocolError):
+    """A well-formed PDV that does not fit the message being assembled: a dataset fragment
+    without its command, a new command while a dataset is pending, a fragment on another
+    presentation context than its message's."""
+
+    abort_reason = ABORT_UNEXPECTED_PARAMETER
+
+
+class UnrecognizedPdu(ProtocolError):
+    """A PDU type PS3.8 does not define."""
+
+    abort_reason = ABORT_UNRECOGNIZED_PDU
+
+
+def pdv_header(data: bytes) -> tuple[int, int, int]:
+    """(fragment length, context id, message control header) of one PDV item's header."""
+    length = struct.unpack_from(">I", data)[0]
+    if length < 2:
+        raise InvalidParameter("P-DATA-TF item shorter than its own header")
+    return length - 2, data[4], data[5]
+
+
 def pdvs(body: bytes) -> list[tuple[int, int, memoryview]]:
     """(context id, message control header, fragment) of each PDV in a P-DATA-TF body.
 
@@ -279,10 +324,10 @@ def pdvs(body: bytes) -> list[tuple[int, int, memoryview]]:
     pos = 0
     while pos < len(body):
         if pos + 6 > len(body):
-            raise ProtocolError("P-DATA-TF item header cut short")
+            raise InvalidParameter("P-DATA-TF item header cut short")
         length = struct.unpack_from(">I", body, pos)[0]
         if length < 2 or pos + 4 + length > len(body):
-            raise ProtocolError("P-DATA-TF item length does not fit its PDU")
+            raise InvalidParameter("P-DATA-TF item length does not fit its PDU")
         out.append((body[pos + 4], body[pos + 5], view[pos + 6 : pos + 4 + length]))
         pos += 4 + length
     return out
@@ -313,19 +358,19 @@ def parse_command(data: bytes) -> dict[int, bytes]:
         group, element, length = struct.unpack_from("<HHI", data, pos)
         value = data[pos + 8 : pos + 8 + length]
         if len(value) != length:
-            raise ProtocolError("command set element runs past its end")
+            raise InvalidParameter("command set element runs past its end")
         if group == 0x0000:
             out[element] = value
         pos += 8 + length
     if pos != len(data):
-        raise ProtocolError("stray bytes after the command set")
+        raise InvalidParameter("stray bytes after the command set")
     return out
 
 
 def us(command: dict[int, bytes], element: int) -> int:
     value = command.get(element, b"")
     if len(value) != 2:
-        raise ProtocolError(f"command element (0000,{element:04X}) missing or not US")
+        raise InvalidParameter(f"command element (0000,{element:04X}) missing or not US")
     return int(struct.unpack("<H", value)[0])
 
 
@@ -349,7 +394,8 @@ def response(
     status: int,
     comment: str = "",
 ) -> bytes:
-    """A C-STORE-RSP or C-ECHO-RSP command set."""
+    """A response command set (C-STORE-RSP, C-ECHO-RSP, or the answer to a request we do
+    not perform)."""
     body = _element(0x0002, _even(sop_class.encode(), b"\x00"))
     body += _element(0x0100, struct.pack("<H", command_field))
     body += _element(0x0120, struct.pack("<H", message_id))

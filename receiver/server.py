@@ -28,7 +28,9 @@ from seriesflow.receiver.contexts import (
     USER_REJECTION,
     Policy,
 )
-from seriesflow.receiver.intake import SUCCESS, Answer, Intake
+from seriesflow.receiver.incoming import IncomingFile
+from seriesflow.receiver.intake import CANNOT_UNDERSTAND, SUCCESS, Answer, Intake, StoreCommand
+from seriesflow.receiver.messages import Assembler, Message, State
 
 _log = logging.getLogger(__name__)
 
@@ -38,9 +40,18 @@ MAX_PDU_LENGTH = 256 * 1024
 _ABSURD_PDU = 64 * 1024 * 1024
 _STREAM_LIMIT = 4 * 1024 * 1024
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+# Data transfer reads a P-DATA fragment in pieces of at most this (whatever the PDU's
+# length); A-RELEASE-RQ and A-ABORT bodies are 4 bytes, a little slack allowed.
+_PIECE = 256 * 1024
+_CONTROL_PDU_BODY = 1024
+_CLOSE_GRACE = 5.0
 # At most one log line per this many seconds about connections closed before association
 # (a flood of idle connections must not become a flood of log lines).
 _REFUSAL_LOG_INTERVAL = 10.0
+
+
+class PeerNotReading(Exception):
+    """Our output waited longer than the network timeout: the connection is dropped."""
 
 
 class DicomServer:
@@ -154,21 +165,30 @@ class DicomServer:
                 extra={"fields": {"error": str(exc), "abort_reason": exc.abort_reason}},
             )
             association.send(pdu.abort(reason=exc.abort_reason))
+        except PeerNotReading:
+            # Nothing more can reach it, an A-ABORT included: the socket is dropped.
+            _log.info(
+                "peer stopped reading its responses; connection dropped",
+                extra={"fields": association.peer_fields()},
+            )
+            writer.transport.abort()
         except TimeoutError:
+            # Our decision, not a protocol error: A-ABORT from the service-user (source 0,
+            # reason not significant), as PS3.8 7.3 has an application abort.
             _log.info(
                 "association idle too long; aborted", extra={"fields": association.peer_fields()}
             )
-            association.send(pdu.abort())
+            association.send(pdu.abort(source=pdu.ABORT_SOURCE_USER))
         except Exception:
             _log.exception("unexpected error in an association; aborted")
-            association.send(pdu.abort())
+            association.send(pdu.abort(source=pdu.ABORT_SOURCE_USER))
         finally:
             association.request_read()
             if association.counted:
                 self.associated -= 1
             self._tasks.discard(task)
             self.intake.association_ended(association.key, association.released)
-            writer.close()
+            association.close()
 
     def refused_before_association(self, reason: str, writer: asyncio.StreamWriter) -> None:
         """Count a connection closed before association; log it, at most once per interval."""
@@ -373,75 +393,149 @@ class _Association:
         )
         return results, negotiated
 
+    # -- data transfer ----------------------------------------------------------------
+
     async def serve_messages(self) -> None:
-        command: list[memoryview] = []
-        dataset: list[memoryview] = []
-        parsed: dict[int, bytes] | None = None
-        context_id = 0
-        while True:
-            kind, body = await self.read_pdu(self.server.network_timeout)
-            if kind == pdu.RELEASE_RQ:
+        """Data transfer (PS3.8 9.3.5): P-DATA read in bounded pieces and assembled into
+        messages by receiver.messages, each answered before the next PDU is read. Memory
+        per association is the stream's buffer and one piece, whatever a PDU's length."""
+        assembler = Assembler(self.contexts, self.server.intake.incoming)
+        try:
+            while True:
+                head = await self.read_exactly(6)
+                self.quick_ack()
+                kind, length = head[0], struct.unpack(">I", head[2:6])[0]
+                if kind == pdu.P_DATA_TF:
+                    await self.read_p_data(assembler, length)
+                    continue
+                if kind not in (pdu.RELEASE_RQ, pdu.ABORT):
+                    if pdu.ASSOCIATE_RQ <= kind <= pdu.ABORT:
+                        raise pdu.UnexpectedPdu(f"PDU type {kind} during data transfer")
+                    raise pdu.UnrecognizedPdu(f"unrecognised PDU type {kind}")
+                if length > _CONTROL_PDU_BODY:
+                    raise pdu.InvalidParameter(f"PDU type {kind} of {length} bytes")
+                await self.read_exactly(length)
+                if kind == pdu.ABORT:
+                    return
+                if assembler.state is not State.IDLE:
+                    raise pdu.UnexpectedPdu(
+                        f"A-RELEASE-RQ in the middle of a message ({assembler.state.value})"
+                    )
                 self.send(pdu.release_rp())
-                await self.writer.drain()
+                await self.drain()
                 self.released = True
                 return
-            if kind == pdu.ABORT:
-                return
-            if kind != pdu.P_DATA_TF:
-                raise pdu.ProtocolError(f"unexpected PDU type {kind} in an association")
-            for pdv_context, control, fragment in pdu.pdvs(body):
-                if pdv_context not in self.contexts:
-                    raise pdu.ProtocolError(f"presentation context {pdv_context} not accepted")
-                if control & 0x01:  # command fragment
-                    command.append(fragment)
-                    if control & 0x02:
-                        parsed, context_id = pdu.parse_command(b"".join(command)), pdv_context
-                        command.clear()
-                        if pdu.us(parsed, 0x0800) == pdu.NO_DATASET:
-                            await self.answer(parsed, context_id, b"")
-                            parsed = None
-                else:
-                    if parsed is None:
-                        raise pdu.ProtocolError("dataset fragment without a command")
-                    dataset.append(fragment)
-                    if control & 0x02:
-                        # One copy for the whole dataset, however many fragments it came in.
-                        await self.answer(parsed, context_id, b"".join(dataset))
-                        dataset.clear()
-                        parsed = None
+        finally:
+            assembler.close()
 
-    async def answer(self, command: dict[int, bytes], context_id: int, dataset: bytes) -> None:
-        field = pdu.us(command, 0x0100)
-        message_id = pdu.us(command, 0x0110)
-        sop_class = pdu.ui(command, 0x0002)
-        abstract, syntax = self.contexts[context_id]
-        if field == pdu.C_ECHO_RQ:
-            reply = pdu.response(pdu.C_ECHO_RSP, message_id, sop_class or abstract, None, SUCCESS)
-        elif field == pdu.C_STORE_RQ:
-            sop_instance = pdu.ui(command, 0x1000)
-            # Parsing runs here, on the loop (CPU under the GIL either way; a thread hop
-            # per instance cost more than it saved); only the group commit is awaited.
-            step = self.server.intake.begin(
-                dataset, syntax, self.calling, self.key, sop_class or abstract
+    async def read_exactly(self, size: int) -> bytes:
+        """`size` bytes; the peer gets the network timeout for each piece, not per PDU."""
+        # asyncio.timeout, not wait_for: wait_for wraps each read in a new task.
+        async with asyncio.timeout(self.server.network_timeout):
+            return await self.reader.readexactly(size)
+
+    async def read_p_data(self, assembler: Assembler, length: int) -> None:
+        """One P-DATA-TF body, PDV by PDV, each fragment in pieces of at most _PIECE."""
+        remaining = length
+        while remaining:
+            if remaining < pdu.PDV_HEADER:
+                raise pdu.InvalidParameter("P-DATA-TF item header cut short")
+            size, context_id, control = pdu.pdv_header(await self.read_exactly(pdu.PDV_HEADER))
+            remaining -= pdu.PDV_HEADER
+            if size > remaining:
+                raise pdu.InvalidParameter("P-DATA-TF item length does not fit its PDU")
+            remaining -= size
+            while True:
+                piece = await self.read_exactly(min(size, _PIECE)) if size else b""
+                size -= len(piece)
+                message = assembler.fragment(context_id, control, piece, last=size == 0)
+                if message is not None:
+                    self.quick_ack()
+                    await self.answer(message)
+                if size == 0:
+                    break
+        self.quick_ack()
+
+    async def answer(self, message: Message) -> None:
+        """Answer one complete message; the association goes on whatever it asked."""
+        command = message.command
+        field = message.command_field
+        if field == pdu.C_CANCEL_RQ:
+            return  # PS3.7 9.3.2.3: no response; nothing of ours is cancellable anyway
+        if field & pdu.RESPONSE_BIT:
+            _log.info(
+                "DIMSE response received and ignored (this SCP sends no requests)",
+                extra={"fields": {**self.peer_fields(), "command_field": f"0x{field:04X}"}},
             )
-            if isinstance(step, Answer):
-                answer = step
-            else:
-                with contextlib.suppress(Exception):  # complete() turns failures into statuses
-                    await asyncio.wrap_future(step.committed)
-                answer = step.complete()
+            return
+        message_id = pdu.us(command, 0x0110)
+        abstract, _ = self.contexts[message.context_id]
+        # N-GET, N-SET, N-ACTION and N-DELETE name their class and instance "Requested".
+        sop_class = pdu.ui(command, 0x0002) or pdu.ui(command, 0x0003) or abstract
+        if field == pdu.C_ECHO_RQ:
+            reply = pdu.response(pdu.C_ECHO_RSP, message_id, sop_class, None, SUCCESS)
+        elif field == pdu.C_STORE_RQ:
+            answer = await self.store(message)
+            sop_instance = pdu.ui(command, 0x1000)
             reply = pdu.response(
                 pdu.C_STORE_RSP,
                 message_id,
-                sop_class or abstract,
+                sop_class,
                 sop_instance,
                 answer.status,
                 answer.comment,
             )
         else:
-            raise pdu.ProtocolError(f"DIMSE command 0x{field:04X} is not offered here")
-        self.send(pdu.p_data(context_id, reply, self.peer_max_pdu))
-        await self.writer.drain()
+            name = pdu.UNSUPPORTED_REQUESTS.get(field, f"command 0x{field:04X}")
+            _log.info(
+                "DIMSE request not offered; answered 0x0211",
+                extra={"fields": {**self.peer_fields(), "command": name}},
+            )
+            instance = pdu.ui(command, 0x1000) or pdu.ui(command, 0x1001) or None
+            reply = pdu.response(
+                field | pdu.RESPONSE_BIT,
+                message_id,
+                sop_class,
+                instance,
+                pdu.UNRECOGNIZED_OPERATION,
+                f"{name} is not offered by this Storage SCP",
+            )
+        self.send(pdu.p_data(message.context_id, reply, self.peer_max_pdu))
+        await self.drain()
+
+    async def store(self, message: Message) -> Answer:
+        """Hand a C-STORE's dataset file to intake; the file goes once it has answered."""
+        if message.refusal is not None:
+            return Answer(*message.refusal)
+        instance = message.dataset
+        if not isinstance(instance, IncomingFile):
+            return Answer(CANNOT_UNDERSTAND, "C-STORE-RQ without a dataset")
+        command = StoreCommand(pdu.ui(message.command, 0x0002), pdu.ui(message.command, 0x1000))
+        with instance:
+            # Parsing runs here, on the loop (CPU under the GIL either way; a thread hop
+            # per instance cost more than it saved); only the group commit is awaited.
+            step = self.server.intake.begin(instance, self.calling, self.key, command)
+            if isinstance(step, Answer):
+                return step
+            with contextlib.suppress(Exception):  # complete() turns failures into statuses
+                await asyncio.wrap_future(step.committed)
+            return step.complete()
+
+    async def drain(self) -> None:
+        """Wait until the peer takes our output, at most the network timeout: a peer that
+        stops reading cannot make us buffer without end, nor keep its socket."""
+        try:
+            async with asyncio.timeout(self.server.network_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            raise PeerNotReading("the peer stopped reading our responses") from None
+
+    def close(self) -> None:
+        """Close gracefully; output the peer never takes is dropped after _CLOSE_GRACE."""
+        transport = self.writer.transport
+        self.writer.close()
+        if transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(_CLOSE_GRACE, transport.abort)
 
 
 def _request_refusal(request: pdu.AssociateRequest) -> tuple[tuple[int, int, int], str] | None:
