@@ -37,7 +37,6 @@ _log = logging.getLogger(__name__)
 # What we accept per PDU: 256 KiB keeps a CT slice to two PDUs and memory per association
 # bounded; a sender must respect it (PS3.8 D.1).
 MAX_PDU_LENGTH = 256 * 1024
-_ABSURD_PDU = 64 * 1024 * 1024
 _STREAM_LIMIT = 4 * 1024 * 1024
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 # Data transfer reads a P-DATA fragment in pieces of at most this (whatever the PDU's
@@ -239,18 +238,6 @@ class _Association:
         if _TCP_QUICKACK is not None and self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-
-    async def read_pdu(self, timeout: float) -> tuple[int, bytes]:
-        # asyncio.timeout, not wait_for: wait_for wraps each read in a new task.
-        async with asyncio.timeout(timeout):
-            head = await self.reader.readexactly(6)
-            self.quick_ack()
-            kind, length = head[0], struct.unpack(">I", head[2:6])[0]
-            if length > _ABSURD_PDU:
-                raise pdu.ProtocolError(f"PDU of {length} bytes refused")
-            body = await self.reader.readexactly(length)
-            self.quick_ack()
-        return kind, body
 
     async def run(self) -> None:
         request = await self.read_associate_rq()
