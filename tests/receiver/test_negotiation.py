@@ -26,7 +26,9 @@ from rx_harness import MakeReceiver, make_receiver, store  # noqa: F401 (fixture
 from rx_store import StoreProcess, instance_syntaxes, series_counts, wait_for
 from rx_tools import storescu
 
+from seriesflow import settings
 from seriesflow.receiver.app import Receiver
+from seriesflow.receiver.config import ReceiverConfig
 
 IMPLICIT = "1.2.840.10008.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -404,3 +406,46 @@ def test_a_first_pdu_other_than_associate_rq_is_aborted_with_its_reason(
     # A-ABORT, service provider, unexpected-PDU (2) or unrecognized-PDU (1)
     assert _raw_associate(receiver.dicom_port, first) == (0x07, bytes([0, 0, 2, reason]))
     _normal_series_arrives(receiver.dicom_port, database_url)
+
+
+# -- settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("SERIESFLOW_TRANSFER_SYNTAX_PREFERENCE", "fastest", "expected one of sender"),
+        ("SERIESFLOW_MAX_PENDING_CONNECTIONS", "0", "greater than 0"),
+        ("SERIESFLOW_MAX_ASSOCIATE_REQUEST_BYTES", "lots", ""),
+        ("SERIESFLOW_ASSOCIATION_REQUEST_TIMEOUT", "-1", ""),
+        ("SERIESFLOW_ACCEPT_UNKNOWN_SOP_CLASSES", "perhaps", ""),
+    ],
+)
+def test_bad_negotiation_settings_stop_the_receiver_naming_the_variable(
+    variable: str, value: str, says: str
+) -> None:
+    with pytest.raises(settings.ConfigError) as caught:
+        settings.load(ReceiverConfig, {variable: value})
+    assert f"{variable}='{value}' is invalid" in str(caught.value)
+    assert says in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("alice:s3cret\nCT_1 bob:pw extra\n", "line 2: expected [CALLING_AE] username[:password]"),
+        ("alice:\n", "line 1: empty username or password"),
+        ("*\n", "line 1: '*' (any username) needs a password"),
+        ("# only a comment\n", "holds no credential"),
+    ],
+)
+def test_a_malformed_user_identity_file_stops_the_receiver_naming_the_line(
+    tmp_path: Path, content: str, says: str
+) -> None:
+    path = tmp_path / "users"
+    path.write_text(content)
+    with pytest.raises(settings.ConfigError) as caught:
+        settings.load(ReceiverConfig, {"SERIESFLOW_USER_IDENTITY_FILE": str(path)})
+    assert "SERIESFLOW_USER_IDENTITY_FILE=" in str(caught.value)
+    assert says in str(caught.value)
+    assert "s3cret" not in str(caught.value)  # the file's secrets stay out of the message
