@@ -9,6 +9,7 @@ the same `seriesflow` arguments run with the same settings.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -33,6 +34,8 @@ from seriesflow.v1 import series_store_pb2, series_store_pb2_grpc
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 CONTAINER_DATA_DIR = "/var/lib/seriesflow"
+# Where the chart and compose mount files (the gRPC token Secret / volume) into containers.
+CONTAINER_FILES_DIR = "/etc/seriesflow/"
 POD_NAME = "sf-seriesflow-receiver-0"
 PORT_SETTINGS = (
     "SERIESFLOW_DICOM_PORT",
@@ -59,6 +62,8 @@ class Source:
     containers: dict[str, Container]
     hostnames: frozenset[str]
     raw: Any = None
+    # Files mounted into the containers (container path -> content), e.g. a Secret's keys.
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def chart_source(values_files: tuple[Path, ...] = ()) -> Source:
@@ -84,7 +89,26 @@ def chart_source(values_files: tuple[Path, ...] = ()) -> Source:
         for name, c in picked.items()
     }
     hostnames = frozenset(s["metadata"]["name"] for s in by_kind(objects, "Service"))
-    return Source("chart", containers, hostnames, objects)
+    files: dict[str, str] = {}
+    for pod, name in ((store_pod, "store"), (receiver_pod, "receiver")):
+        files.update(_secret_files(pod, picked[name], objects))
+    return Source("chart", containers, hostnames, objects, files)
+
+
+def _secret_files(pod: dict[str, Any], container: dict[str, Any], objects: Any) -> dict[str, str]:
+    """The files a container sees from the chart's Secret volumes (mountPath/item path)."""
+    secrets = {o["metadata"]["name"]: o for o in by_kind(objects, "Secret")}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    files = {}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret")  # spool: a claim template
+        if secret is None:
+            continue
+        data = secrets[secret["secretName"]]["data"]
+        for item in secret.get("items") or [{"key": k, "path": k} for k in data]:
+            path = f"{mount['mountPath']}/{item['path']}"
+            files[path] = base64.b64decode(data[item["key"]]).decode()
+    return files
 
 
 def compose_source() -> Source:
@@ -108,6 +132,15 @@ class Localizer:
     database_url: str
     data_dir: Path
     ports: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir.parent / "mounted-files"
+
+    def path(self, container_path: str) -> Path:
+        """The local stand-in of a file mounted under /etc/seriesflow/ in a container."""
+        assert container_path.startswith(CONTAINER_FILES_DIR), container_path
+        return self.files_dir / container_path.removeprefix(CONTAINER_FILES_DIR)
 
     def port(self, container_port: int | str) -> int:
         number = int(container_port)
@@ -151,6 +184,8 @@ class Localizer:
                 local[key] = str(self.data_dir)
             elif key == "SERIESFLOW_STORE_ADDRESS":
                 local[key] = self.address(value)
+            elif key.endswith("_FILE") and value.startswith(CONTAINER_FILES_DIR):
+                local[key] = str(self.path(value))
             else:
                 # Any other setting naming a service would need localizing too.
                 assert not any(
@@ -301,10 +336,12 @@ def http_status(url: str) -> int | None:
         return None
 
 
-def list_series(address: str) -> list[series_store_pb2.Series]:
+def list_series(address: str, token: str | None = None) -> list[series_store_pb2.Series]:
+    metadata = None if token is None else [("authorization", f"Bearer {token}")]
     with grpc.insecure_channel(address) as channel:
         stub = series_store_pb2_grpc.SeriesStoreStub(channel)
-        answer = stub.ListSeries(series_store_pb2.ListSeriesRequest(page_size=100), timeout=10)
+        request = series_store_pb2.ListSeriesRequest(page_size=100)
+        answer = stub.ListSeries(request, timeout=10, metadata=metadata)
     return list(answer.series)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +49,12 @@ class Running:
         return f"127.0.0.1:{self.local('store', 'SERIESFLOW_GRPC_PORT')}"
 
     @property
+    def read_token(self) -> str | None:
+        """The first read token the store accepts; None when its API is open."""
+        path = self.settings["store"].get("SERIESFLOW_GRPC_READ_TOKENS_FILE")
+        return Path(path).read_text().splitlines()[0].strip() if path else None
+
+    @property
     def dicom_port(self) -> int:
         return int(self.local("receiver", "SERIESFLOW_DICOM_PORT"))
 
@@ -77,6 +84,23 @@ def read_only_settings(folder: Path, name: str) -> tuple[dict[str, str], Path]:
     return {"TMPDIR": str(tmp), "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}, tmp
 
 
+def provide_files(source: Source, localizer: Localizer) -> None:
+    """The files the containers find mounted: the chart's Secret items as rendered; for
+    compose, what its grpc-tokens one-shot service generates into its volume."""
+    for container_path, content in source.files.items():
+        local = localizer.path(container_path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(content)
+    if source.name == "compose" and "grpc-tokens" in source.raw["services"]:
+        service = source.raw["services"]["grpc-tokens"]
+        python, *script = service["entrypoint"]
+        assert python == "python"
+        args = [str(localizer.path(a)) if a.startswith("/etc/") else a for a in service["command"]]
+        for arg in args:
+            Path(arg).mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, *script, *args], check=True, timeout=60)
+
+
 @contextmanager
 def deployed(
     source: Source, database_url: str, folder: Path, read_only: bool = False
@@ -98,6 +122,7 @@ def deployed(
             volumes = [tmp, localizer.data_dir] if name == "receiver" else [tmp]
             prefixes[name] = read_only_root(volumes)
             assert prefixes[name] is not None, "cannot create a mount namespace here"
+    provide_files(source, localizer)
     migrate = source.containers["migrate"]
     # Init containers run again on every pod start: the second run must be a no-op.
     run_migrate(settings["migrate"], migrate.args, folder, prefixes["migrate"])
@@ -164,8 +189,12 @@ def send_study(folder: Path, port: int, ae_title: str, sizes: list[int]) -> dict
 
 def wait_for_catalog(running: Running, expected: dict[str, int]) -> list[object]:
     def arrived() -> bool:
-        found = {s.series_instance_uid: s.num_instances for s in list_series(running.grpc_address)}
+        found = {
+            s.series_instance_uid: s.num_instances
+            for s in list_series(running.grpc_address, running.read_token)
+        }
         return all(found.get(uid) == count for uid, count in expected.items())
 
     wait_until("series in the catalog", arrived, [running.store, running.receiver], timeout=90)
-    return [s for s in list_series(running.grpc_address) if s.series_instance_uid in expected]
+    series = list_series(running.grpc_address, running.read_token)
+    return [s for s in series if s.series_instance_uid in expected]

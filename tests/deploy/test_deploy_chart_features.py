@@ -88,7 +88,8 @@ def test_hook_mode_migrates_once_before_install_and_upgrade_with_pre_existing_ob
         e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
     }
     assert secret_refs == {"seriesflow-db"}
-    assert not by_kind(objects, "Secret"), "the URL comes from the existing Secret only"
+    database_secrets = [s for s in by_kind(objects, "Secret") if "database-url" in s["data"]]
+    assert not database_secrets, "the URL comes from the existing Secret only"
     release_names = {o["metadata"]["name"] for o in objects if o is not job}
     assert not secret_refs & release_names
 
@@ -126,6 +127,9 @@ def test_exactly_one_database_source_is_required(assignments: tuple[str, ...]) -
         "receiver.aeTitle=THIS_AE_TITLE_IS_TOO_LONG",
         "migrations.mode=job",
         "store.grpcPort=70000",
+        "grpcAuth.enabled=maybe",
+        "grpcAuth.existingSecret=Not_A_Name",
+        "grpcAuth.token=abc",
     ],
 )
 def test_values_schema_rejects_bad_values(assignment: str) -> None:
@@ -289,3 +293,86 @@ def test_notes_tell_how_to_send_dicom_and_query_with_grpcurl(
     assert "storescu -aec STORESCP" in notes
     assert "grpcurl -plaintext" in notes and "seriesflow.v1.SeriesStore/ListStudies" in notes
     assert "port-forward service/sf-seriesflow-store 50051:50051" in notes
+
+
+AUTH_FOLDER = "/etc/seriesflow/grpc-auth"
+
+
+def _auth_volume(workload: Manifest) -> tuple[Manifest, Manifest]:
+    """(the grpc-auth volume, its mount in the workload's main container)."""
+    spec = pod_spec(workload)
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "grpc-auth"]
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "grpc-auth"]
+    return volume, mount
+
+
+def test_grpc_auth_is_on_by_default_with_generated_tokens_each_pod_mounting_what_it_needs() -> None:
+    objects = render()
+    secret = one(objects, "Secret", "-grpc-auth")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    tokens = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert set(tokens) == {"write-tokens", "read-tokens"}
+    assert all(len(t) == 48 and t.isalnum() for t in tokens.values())
+    assert tokens["write-tokens"] != tokens["read-tokens"]
+    assert render(set_values=("logLevel=INFO",)) != objects  # a new render, new random tokens
+
+    store_deployment = one(objects, "Deployment", "-store")
+    store = pod_spec(store_deployment)["containers"][0]
+    store_env = container_env(store, objects)
+    assert store_env["SERIESFLOW_GRPC_AUTH"] == "token"
+    assert store_env["SERIESFLOW_GRPC_WRITE_TOKENS_FILE"] == f"{AUTH_FOLDER}/write-tokens"
+    assert store_env["SERIESFLOW_GRPC_READ_TOKENS_FILE"] == f"{AUTH_FOLDER}/read-tokens"
+    volume, mount = _auth_volume(store_deployment)
+    assert mount == {"name": "grpc-auth", "mountPath": AUTH_FOLDER, "readOnly": True}
+    assert "subPath" not in mount, "a subPath mount would never see a rotated Secret"
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert {i["key"] for i in volume["secret"]["items"]} == {"write-tokens", "read-tokens"}
+
+    receiver_set = one(objects, "StatefulSet", "-receiver")
+    receiver = pod_spec(receiver_set)["containers"][0]
+    receiver_env = container_env(receiver, objects)
+    assert receiver_env["SERIESFLOW_STORE_TOKEN_FILE"] == f"{AUTH_FOLDER}/write-tokens"
+    volume, mount = _auth_volume(receiver_set)
+    assert mount["readOnly"] is True and mount["mountPath"] == AUTH_FOLDER
+    # A receiver writes; it gets no read token, so it cannot read patient data back.
+    assert volume["secret"]["items"] == [{"key": "write-tokens", "path": "write-tokens"}]
+
+
+def test_grpc_auth_with_an_existing_secret_mounts_it_and_renders_no_secret() -> None:
+    objects = render(ci("grpc-auth-existing-secret"))
+    assert not [s for s in by_kind(objects, "Secret") if "grpc-auth" in s["metadata"]["name"]]
+    for workload in (
+        one(objects, "Deployment", "-store"),
+        one(objects, "StatefulSet", "-receiver"),
+    ):
+        volume, _ = _auth_volume(workload)
+        assert volume["secret"]["secretName"] == "seriesflow-grpc-tokens"
+
+
+def test_grpc_auth_can_be_turned_off() -> None:
+    objects = render(set_values=("grpcAuth.enabled=false",))
+    assert not [s for s in by_kind(objects, "Secret") if "grpc-auth" in s["metadata"]["name"]]
+    store = pod_spec(one(objects, "Deployment", "-store"))
+    assert container_env(store["containers"][0], objects)["SERIESFLOW_GRPC_AUTH"] == "none"
+    assert all(v["name"] != "grpc-auth" for v in store["volumes"])
+    receiver = pod_spec(one(objects, "StatefulSet", "-receiver"))["containers"][0]
+    assert "SERIESFLOW_STORE_TOKEN_FILE" not in container_env(receiver, objects)
+
+
+def test_the_grpc_auth_secret_keeps_the_tokens_a_cluster_already_holds() -> None:
+    # `lookup` needs a cluster, which helm template has not: read the template instead.
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    define = helpers[helpers.index('define "seriesflow.grpcAuthToken"') :]
+    define = define[: define.index("{{- end }}\n{{- end }}")]
+    assert 'lookup "v1" "Secret" .root.Release.Namespace' in define
+    assert "b64dec" in define and "randAlphaNum 48" in define
+    assert define.index("lookup") < define.index("randAlphaNum")
+
+
+def test_notes_show_grpcurl_with_the_read_token_when_auth_is_on(tmp_path: Path) -> None:
+    notes = render_notes((), tmp_path / "on")
+    assert "get secret sf-seriesflow-grpc-auth -o jsonpath='{.data.read-tokens}'" in notes
+    assert '-H "authorization: Bearer $TOKEN"' in notes
+    assert "grpcurl -plaintext localhost:50051 list seriesflow.v1.SeriesStore" in notes
+    off = render_notes(ci("grpc-auth-existing-secret"), tmp_path / "existing")
+    assert "get secret seriesflow-grpc-tokens" in off

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from deploy_support import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SERIESFLOW_SERVICES = ("migrate", "store", "receiver")
+ONE_SHOT = ("migrate", "grpc-tokens")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,7 @@ def test_compose_file_passes_docker_compose_config(compose: dict[str, Any]) -> N
     assert set(services(compose)) == {
         "postgres",
         "migrate",
+        "grpc-tokens",
         "store",
         "receiver",
         "prometheus",
@@ -85,19 +88,22 @@ def test_long_running_services_have_healthchecks_and_wait_for_healthy_dependenci
     compose: dict[str, Any],
 ) -> None:
     for name, service in services(compose).items():
-        if name == "migrate":
+        if name in ONE_SHOT:
             assert "healthcheck" not in service and service["restart"] == "no"
         else:
             assert service["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}, name
             assert service["restart"] == "unless-stopped", name
         for dependency, condition in service.get("depends_on", {}).items():
             expected = (
-                "service_completed_successfully" if dependency == "migrate" else "service_healthy"
+                "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
             )
             assert condition == {"condition": expected}, f"{name} -> {dependency}"
     order = {name: set(s.get("depends_on", {})) for name, s in services(compose).items()}
     assert order["migrate"] == {"postgres"}
-    assert order["store"] == {"postgres", "migrate"}, "the store starts on a migrated schema"
+    assert order["store"] == {"postgres", "migrate", "grpc-tokens"}, (
+        "the store starts on a migrated schema, with its token files"
+    )
+    assert order["grpc-tokens"] == set()
     assert order["receiver"] == {"store"}
     assert order["prometheus"] == {"store", "receiver"}
     assert order["grafana"] == {"prometheus"}
@@ -241,3 +247,35 @@ def test_orthanc_has_the_receiver_as_a_dicom_modality(compose: dict[str, Any]) -
     ((user, password),) = config["RegisteredUsers"].items()
     healthcheck = services(compose)["orthanc"]["healthcheck"]["test"]
     assert f"--user={user}" in healthcheck and f"--pwd={password}" in healthcheck
+
+
+def test_the_grpc_api_requires_tokens_generated_into_a_volume_not_written_in_the_file(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    store, receiver = env(compose, "store"), env(compose, "receiver")
+    assert store["SERIESFLOW_GRPC_AUTH"] == "token"
+    folder = "/etc/seriesflow/grpc-auth"
+    assert store["SERIESFLOW_GRPC_WRITE_TOKENS_FILE"] == f"{folder}/write-tokens"
+    assert store["SERIESFLOW_GRPC_READ_TOKENS_FILE"] == f"{folder}/read-tokens"
+    assert receiver["SERIESFLOW_STORE_TOKEN_FILE"] == f"{folder}/write-tokens"
+    tokens = services(compose)["grpc-tokens"]
+    assert mounts(compose, "grpc-tokens")[folder] == "grpc-auth"
+    for name in ("store", "receiver"):
+        assert f"grpc-auth:{folder}:ro" in services(compose)[name]["volumes"], name
+    # The generator, run as compose runs it (entrypoint + command), twice: it creates
+    # two different random tokens, readable by the image's group, and keeps them.
+    python, *script = tokens["entrypoint"]
+    assert python == "python" and tokens["user"] == "0:10001"
+    volume = tmp_path / "grpc-auth"
+    volume.mkdir()
+    argv = [sys.executable, *script, *[c.replace(folder, str(volume)) for c in tokens["command"]]]
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    first = {p.name: p.read_text() for p in volume.iterdir()}
+    assert set(first) == {"write-tokens", "read-tokens"}
+    assert first["write-tokens"] != first["read-tokens"]
+    assert all(len(text.strip()) >= 32 for text in first.values())
+    assert all((volume / name).stat().st_mode & 0o777 == 0o640 for name in first)
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+    assert {p.name: p.read_text() for p in volume.iterdir()} == first
+    raw = (ROOT / "docker-compose.yml").read_text()
+    assert all(text.strip() not in raw for text in first.values())

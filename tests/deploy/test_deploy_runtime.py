@@ -33,7 +33,7 @@ from deploy_runtime import (
     stop,
     wait_until,
 )
-from deploy_stack import deployed, echoscu, send_study, wait_for_catalog
+from deploy_stack import deployed, echoscu, provide_files, send_study, wait_for_catalog
 from deploy_support import CHART, ROOT, by_kind, pod_spec, render_notes
 from dicom_files import write_study
 
@@ -95,11 +95,14 @@ def test_chart_environment_runs_migrate_store_and_receiver_through_their_probes(
             if line.strip().startswith(("grpcurl ", "echoscu "))
         ]
         assert len(commands) >= 4, notes
+        # The read token NOTES tells how to take from the chart's Secret ($TOKEN).
+        assert running.read_token, "the chart turns authentication on"
+        assert any("$TOKEN" in command for command in commands), notes
         for command in commands:
             words = shlex.split(
-                command.replace("localhost:50051", running.grpc_address).replace(
-                    "localhost 6667", f"127.0.0.1 {running.dicom_port}"
-                )
+                command.replace("localhost:50051", running.grpc_address)
+                .replace("localhost 6667", f"127.0.0.1 {running.dicom_port}")
+                .replace("$TOKEN", running.read_token)
             )
             done = subprocess.run(
                 [require_tool(words[0]), *words[1:]], capture_output=True, text=True, timeout=60
@@ -249,6 +252,7 @@ def test_concurrent_store_init_containers_converge_on_one_schema(
     """
     source = chart_source()
     localizer = Localizer(source.hostnames, database_url, tmp_path / "data")
+    provide_files(source, localizer)
     migrate = source.containers["migrate"]
     settings = localizer.env(migrate)
     runs = [

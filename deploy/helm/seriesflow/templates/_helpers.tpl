@@ -163,3 +163,28 @@ Extra settings map -> SERIESFLOW_<NAME>: "value" lines.
 {{ printf "SERIESFLOW_%s" (upper $name) }}: {{ $value | toString | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+gRPC API authentication: the Secret holding the token files (keys write-tokens and
+read-tokens, one token a line) and where the pods mount it.
+*/}}
+{{- define "seriesflow.grpcAuthSecretName" -}}
+{{- .Values.grpcAuth.existingSecret | default (printf "%s-grpc-auth" (include "seriesflow.fullname" .)) }}
+{{- end }}
+
+{{- define "seriesflow.grpcAuthMountPath" -}}
+/etc/seriesflow/grpc-auth
+{{- end }}
+
+{{/*
+A token of the chart's Secret: the one already stored (so upgrades keep it), else new.
+(dict "root" $ "key" "write-tokens")
+*/}}
+{{- define "seriesflow.grpcAuthToken" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace (include "seriesflow.grpcAuthSecretName" .root) }}
+{{- if and $existing $existing.data (index $existing.data .key) }}
+{{- index $existing.data .key | b64dec }}
+{{- else }}
+{{- randAlphaNum 48 }}
+{{- end }}
+{{- end }}
