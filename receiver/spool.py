@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -29,6 +30,8 @@ _log = logging.getLogger(__name__)
 # Bytes counted per entry beyond its payload: row and index overhead, roughly.
 ENTRY_OVERHEAD = 96
 _MAX_BATCH = 1024
+# Free space a probe must find before the spool counts as writable again: a typical instance.
+_PROBE_BYTES = 1024 * 1024
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -224,9 +227,25 @@ class Spool:
         self._release_when_committed(self._submit(move)).result()
 
     def probe(self) -> concurrent.futures.Future[None]:
-        """Commit one small write (not waited for). While commits fail (a full disk) nothing
-        else may try one: the receiver is not ready, so no sender connects; a probe that
-        commits makes the spool writable, and the receiver ready, again."""
+        """Write _PROBE_BYTES to a file beside the database, then commit one row (that is
+        not waited for). While writes fail (a full disk) nothing else may try one: the
+        receiver is not ready, so no sender connects; a probe that succeeds makes the spool
+        writable, and the receiver ready, again. The file because SQLite reuses its WAL's
+        space: a commit alone can succeed on a disk still too full for an instance."""
+        path = self.directory / "probe.tmp"
+        try:
+            with open(path, "wb") as file:
+                file.write(bytes(_PROBE_BYTES))
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as exc:
+            self.write_failed(exc)
+            failed: concurrent.futures.Future[None] = concurrent.futures.Future()
+            failed.set_exception(SpoolUnavailable(f"spool probe failed: {exc}"))
+            return failed
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO probe VALUES (1, ?)", (time.time(),))
@@ -302,6 +321,21 @@ class Spool:
             self.last_progress = time.monotonic()
         conn.close()
 
+    def write_failed(self, error: BaseException) -> None:
+        """A write to the spool's volume failed (a commit here, or an instance file beside
+        the database): not writable, so not ready, until a commit succeeds again (the
+        flusher probes). Logged once per outage: a full disk fails every write until space
+        returns, and senders and the flusher keep trying."""
+        if self.last_commit_ok:
+            self._outage_since = time.monotonic()
+            _log.warning(
+                "spool write failed (disk full or I/O error); answering 0xA700 and "
+                "retrying delivery until it works again",
+                extra={"fields": {"error": str(error), "spool": str(self.path)}},
+            )
+        self.last_commit_ok = False
+        self._failed_commits += 1
+
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         results: list[Any] = []
         try:
@@ -310,17 +344,7 @@ class Spool:
                 results.append(operation(conn))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            # Once per outage (a full disk fails every commit until space returns, and
-            # senders and the flusher keep trying): the first failure, then the recovery.
-            if self.last_commit_ok:
-                self._outage_since = time.monotonic()
-                _log.warning(
-                    "spool write failed (disk full or I/O error); answering 0xA700 and "
-                    "retrying delivery until it works again",
-                    extra={"fields": {"error": str(exc), "spool": str(self.path)}},
-                )
-            self.last_commit_ok = False
-            self._failed_commits += 1
+            self.write_failed(exc)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             for _, future in batch:
