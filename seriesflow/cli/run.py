@@ -140,6 +140,12 @@ def main(
         settings.env_name("store_address"),
         f"{_probe_host(store_config.listen_host)}:{store_config.grpc_port}",
     )
+    # With tokens on, the receiver authenticates to this store with its write token (the
+    # first line of the write tokens file) unless it was given a token file of its own.
+    if store_config.auth_mode == "token" and store_config.grpc_write_tokens_file is not None:
+        environment.setdefault(
+            settings.env_name("store_token_file"), str(store_config.grpc_write_tokens_file)
+        )
     children = _Children(environment)
     try:
         if migrate.main(store_config) != 0:
