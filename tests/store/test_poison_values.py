@@ -494,3 +494,30 @@ def test_a_conflict_about_long_patient_ids_is_recorded_once_per_claim(
     ) == [("study_patient_mismatch", True, True, 2)]
     later = uid()
     _ok(send(running_store.channel(), [make_update(later, [f"{later}.1"])]), 1)
+
+
+def test_a_header_nested_twice_as_deep_as_a_receiver_sends_is_stored(
+    running_store: StoreThread,
+) -> None:
+    """The receiver sends headers of at most 64 sequence levels; 130 levels (391 JSON
+    levels, which the store's recursive NUL scan refused before) are stored, and the top
+    of the header is still answered."""
+    item: dict[str, object] = {"00080100": {"vr": "SH", "Value": ["x"]}}
+    for _ in range(130):
+        item = {"0040A730": {"vr": "SQ", "Value": [item]}}
+    item["00100010"] = {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}
+    s, later = uid(), uid()
+    acks = send(
+        running_store.channel(),
+        [
+            make_update(s, [f"{s}.1"], header=json.dumps(item)),
+            make_update(later, [f"{later}.1"]),
+        ],
+    )
+    _ok(acks, 2)
+    [name] = (
+        _stub(running_store)
+        .GetAttributes(pb.GetAttributesRequest(series_instance_uid=s, attributes=["PatientName"]))
+        .attributes
+    )
+    assert name.value == "Doe^Jane"
