@@ -23,6 +23,10 @@ from seriesflow.receiver.header import ParsedHeader
 from seriesflow.v1 import series_store_pb2 as pb
 
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
+# JSON nesting of a representative header, at most: the dataset, then three per sequence
+# level (the element, its Value array, the item), then an element and its Value array:
+# 64 levels of sequences, far beyond real DICOM (structured reports nest about ten deep).
+MAX_HEADER_DEPTH = 1 + 3 * 64 + 2
 
 
 def build(
@@ -119,11 +123,28 @@ def _representative_json(parsed: ParsedHeader) -> str:
     as_dict = parsed.dataset.to_json_dict(
         bulk_data_threshold=1024, bulk_data_element_handler=drop_bulk
     )
+    if _depth(as_dict) > MAX_HEADER_DEPTH:
+        # The store accepts well over this (tests/store/test_poison_values.py); a header it
+        # refused would dead-letter the whole update, so such a header is left out here.
+        raise ValueError("the header is nested too deeply to send")
     rendered = json.dumps(
         _clean(as_dict), ensure_ascii=False, separators=(",", ":"), allow_nan=False
     )
     parsed.fallbacks |= _undecoded_text(parsed.dataset)
     return rendered
+
+
+def _depth(value: Any) -> int:
+    """How deeply JSON objects and arrays nest in `value` (a loop: no recursion limit)."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _undecoded_text(dataset: Dataset) -> set[str]:

@@ -159,3 +159,28 @@ def test_nan_and_infinity_in_fd_and_fl_are_written_as_json_strings() -> None:
     # The instance itself is recorded as always.
     assert update.instances[0].sop_instance_uid == str(ds.SOPInstanceUID)
     assert update.patient.patient_name == "Doe^Jane"
+
+
+def _nested(levels: int) -> Dataset:
+    ds = rx_dicom.instance(rx_dicom.SeriesSpec(), 1)
+    inner = Dataset()
+    inner.CodeValue = "x"
+    for _ in range(levels - 1):
+        outer = Dataset()
+        outer.ContentSequence = [inner]
+        inner = outer
+    ds.ContentSequence = [inner]
+    return ds
+
+
+def test_a_header_nested_deeper_than_the_store_takes_is_left_out_and_the_instance_kept() -> None:
+    """Sequences nested 150 deep rendered here but the store refused them (recursion),
+    dead-lettering acknowledged instances: the receiver now leaves out any header nested
+    past MAX_HEADER_DEPTH (64 sequence levels), which the store accepts with room."""
+    within = build(_nested(64))
+    assert within.representative_header_json
+    deeper = build(_nested(65))
+    assert deeper.representative_header_json == ""
+    assert deeper.instances[0].sop_instance_uid
+    assert deeper.patient.patient_name == "Doe^Jane"
+    assert record.MAX_HEADER_DEPTH == 1 + 3 * 64 + 2
