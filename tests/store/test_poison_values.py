@@ -521,3 +521,31 @@ def test_a_header_nested_twice_as_deep_as_a_receiver_sends_is_stored(
         .attributes
     )
     assert name.value == "Doe^Jane"
+
+
+def test_every_text_field_of_an_update_may_be_long_at_once(
+    running_store: StoreThread, migrated_url: str
+) -> None:
+    s = uid()
+    update = make_update(s, [f"{s}.1"], update_id=noise(5_000, 30))
+    long_fields = []
+    for part in (update.patient, update.study, update.series, update.source):
+        for field in part.DESCRIPTOR.fields:
+            if field.type == field.TYPE_STRING and not field.name.endswith("instance_uid"):
+                setattr(part, field.name, noise(5_000, 31 + len(long_fields)))
+                long_fields.append(f"{part.DESCRIPTOR.name}.{field.name}")
+    update.text_decoding_fallbacks.append(noise(5_000, 99))
+    assert len(long_fields) >= 24  # every text field of the contract but the UIDs
+    later = uid()
+    acks = send(running_store.channel(), [update, make_update(later, [f"{later}.1"])])
+    _ok(acks, 2)
+    [(description, station, calling, fallbacks)] = rows(
+        migrated_url,
+        """SELECT series_description, station_name, source_ae_title, text_decoding_fallbacks
+           FROM series WHERE series_instance_uid = %s""",
+        s,
+    )
+    assert description == update.series.series_description
+    assert station == update.series.station_name
+    assert calling == update.source.calling_ae_title
+    assert fallbacks == list(update.text_decoding_fallbacks)
