@@ -1,17 +1,26 @@
 """The spooled record: text decoded per SpecificCharacterSet, fallbacks flagged, and the
-representative header as DICOM JSON with bulk data left out."""
+representative header as DICOM JSON with bulk data left out; and, sent with pynetdicom
+through a receiver to the real store, what the store keeps of such records."""
+
+# ruff: noqa: F811  (fixtures are imported from rx_harness: pytest finds them by name)
 
 from __future__ import annotations
 
 import json
+import random
 
+import grpc
 import pytest
 import rx_dicom
+import rx_send
 from pydicom.dataset import Dataset
+from rx_harness import MakeReceiver, make_receiver, store  # noqa: F401 (fixtures)
+from rx_store import StoreProcess, series_row, wait_for
 
 from seriesflow.receiver import header, record
 from seriesflow.receiver.app import quiet_libraries
 from seriesflow.v1 import series_store_pb2 as pb
+from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 CHARSET_FILES = [
@@ -184,3 +193,62 @@ def test_a_header_nested_deeper_than_the_store_takes_is_left_out_and_the_instanc
     assert deeper.instances[0].sop_instance_uid
     assert deeper.patient.patient_name == "Doe^Jane"
     assert record.MAX_HEADER_DEPTH == 1 + 3 * 64 + 2
+
+
+def _noise(length: int, seed: int) -> str:
+    """Incompressible Latin-1 text (the instances' character set is ISO_IR 100)."""
+    rng = random.Random(seed)
+    return "".join(
+        chr(rng.choice([*range(0x30, 0x7B), *range(0xC0, 0x100)])) for _ in range(length)
+    )
+
+
+def test_nan_values_and_long_text_sent_with_pynetdicom_are_stored_and_answered(
+    make_receiver: MakeReceiver, store: StoreProcess, database_url: str
+) -> None:
+    """The issue's two poison instances, end to end: FD NaN/Infinity (dead-lettered before)
+    and kilobytes of incompressible AccessionNumber/PatientID/Modality (which stopped all
+    ingestion before). Both series arrive complete, and so does a normal one after them."""
+    quiet_libraries()
+    receiver = make_receiver(store_address=store.address, series_idle_timeout=5)
+    nan_spec = rx_dicom.SeriesSpec()
+    nan_series = rx_dicom.series(nan_spec, 3)
+    for ds in nan_series:  # on every instance: whichever is representative carries them
+        ds.add_new(0x00189327, "FD", [float("nan"), float("inf"), float("-inf")])
+    long_spec = rx_dicom.SeriesSpec(patient_id=_noise(5_000, 1), modality=_noise(6_000, 2))
+    long_series = rx_dicom.series(long_spec, 2)
+    accession = _noise(20_000, 3)
+    for ds in long_series:
+        ds.AccessionNumber = accession
+    normal_spec = rx_dicom.SeriesSpec()
+
+    answers = rx_send.send_all(
+        receiver.dicom_port, [*nan_series, *long_series, *rx_dicom.series(normal_spec, 4)]
+    )
+
+    assert [a.status for a in answers] == [0] * 9
+    for spec, count in ((nan_spec, 3), (long_spec, 2), (normal_spec, 4)):
+        wait_for(
+            lambda spec=spec, count=count: (
+                (row := series_row(database_url, spec.series_uid)) is not None
+                and row["num_instances"] == count
+                and row["status"] == "COMPLETE"
+            ),
+            timeout=20,
+        )
+    stored = series_row(database_url, long_spec.series_uid)
+    assert stored is not None
+    assert stored["patient_id"] == long_spec.patient_id
+    with grpc.insecure_channel(store.address) as channel:
+        stub = pb_grpc.SeriesStoreStub(channel)
+        [table] = stub.GetAttributes(
+            pb.GetAttributesRequest(
+                series_instance_uid=nan_spec.series_uid, attributes=["TablePosition"]
+            )
+        ).attributes
+        assert json.loads(table.value_json) == ["NaN", "Infinity", "-Infinity"]
+        assert table.value == "NaN\\Infinity\\-Infinity"
+        found = stub.ListSeries(pb.ListSeriesRequest(modality=long_spec.modality)).series
+        assert [x.series_instance_uid for x in found] == [long_spec.series_uid]
+        studies = stub.ListStudies(pb.ListStudiesRequest(accession_number=accession)).studies
+        assert [x.study_instance_uid for x in studies] == [long_spec.study_uid]
