@@ -20,7 +20,8 @@ import logging
 import os
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,38 +33,58 @@ from rx_store import StoreProcess, series_counts, wait_for
 from test_dead_letters import FussyStore, fussy  # noqa: F401 (fixture)
 
 from seriesflow.receiver.app import Receiver
+from seriesflow.receiver.metrics import DELIVERY_STEPS
 
 DISK_BYTES = 16 * 1024 * 1024
 OUT_OF_RESOURCES = 0xA700
 
 
 class SmallDisk:
-    """A tmpfs of DISK_BYTES at `path`; `fill()` takes every free byte, `free()` gives
-    them back."""
+    """A tmpfs of DISK_BYTES at `path`. `fill()` takes every free page but `spare_pages`
+    and keeps them taken (a writer that tops the filler up, as another process filling the
+    volume would) until `free()` gives them back."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._filler = path / "filler"
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
 
-    def fill(self) -> None:
+    def fill(self, spare_pages: int = 0) -> None:
         fd = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            # Big writes first, then smaller ones, until not even one byte fits.
-            for size in (1 << 20, 1 << 12, 1):
-                chunk = b"\0" * size
-                while True:
-                    try:
-                        os.write(fd, chunk)
-                    except OSError as exc:
-                        if exc.errno != errno.ENOSPC:
-                            raise
-                        break
-        finally:
-            os.close(fd)
-        assert os.statvfs(self.path).f_bavail == 0
+        self._top_up(fd, spare_pages)
+        assert os.statvfs(self.path).f_bavail == spare_pages
+        self._stop.clear()
+        self._keeper = threading.Thread(target=self._keep, args=(fd, spare_pages), daemon=True)
+        self._keeper.start()
 
     def free(self) -> None:
+        assert self._keeper is not None
+        self.stop_filling()
         self._filler.unlink()
+
+    def stop_filling(self) -> None:
+        self._stop.set()
+        if self._keeper is not None:
+            self._keeper.join()
+
+    def _keep(self, fd: int, spare_pages: int) -> None:
+        try:
+            while not self._stop.wait(0.02):
+                self._top_up(fd, spare_pages)
+        finally:
+            os.close(fd)
+
+    def _top_up(self, fd: int, spare_pages: int) -> None:
+        # Whole pages only, so the filler stays page-aligned and takes exactly what it asks.
+        page = os.statvfs(self.path).f_frsize
+        while (free := os.statvfs(self.path).f_bavail - spare_pages) > 0:
+            try:
+                os.write(fd, bytes(min(free, 256) * page))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return  # something else took the space meanwhile
 
 
 def _mounted(path: Path) -> bool:
@@ -88,13 +109,30 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
+    disk = SmallDisk(path)
     try:
-        yield SmallDisk(path)
+        yield disk
     finally:
+        disk.stop_filling()
         if subprocess.run([umount, str(path)], capture_output=True).returncode != 0:
             # Still busy (a test failed with files open): detach now, freed once closed.
             subprocess.run([umount, "--lazy", str(path)], check=True)
         assert not _mounted(path)
+
+
+def until(condition: Callable[[], bool], receiver: Receiver, timeout: float = 30) -> None:
+    """wait_for, saying where delivery stands when it times out."""
+    try:
+        wait_for(condition, timeout=timeout)
+    except AssertionError as exc:
+        state = {
+            "pending": receiver.spool.stats()[0],
+            "held": held(receiver),
+            "retries": {step: retries(receiver, step) for step in DELIVERY_STEPS},
+            "ready": receiver.ready(),
+            "store_connected": receiver.client.connected,
+        }
+        raise AssertionError(f"{exc}; receiver: {state}") from None
 
 
 def retries(receiver: Receiver, step: str) -> float:
@@ -134,14 +172,14 @@ def test_series_whose_assignment_failed_on_a_full_disk_is_delivered_once_space_r
     )
     before = rx_dicom.SeriesSpec()
     assert statuses(receiver.dicom_port, before, 5) == [0] * 5
-    wait_for(lambda: series_counts(database_url) == {before.series_uid: 5}, timeout=30)
+    until(lambda: series_counts(database_url) == {before.series_uid: 5}, receiver)
 
     stranded = rx_dicom.SeriesSpec()
     caplog.set_level(logging.INFO, logger="seriesflow.receiver")
     assert statuses(receiver.dicom_port, stranded, 20) == [0] * 20  # acknowledged...
     small_disk.fill()  # ...then the disk fills before the series is assigned to an update
 
-    wait_for(lambda: retries(receiver, "assign") >= 2, timeout=30)  # first try, then a retry
+    until(lambda: retries(receiver, "assign") >= 2, receiver)  # first try, then a retry
     assert receiver.spool.stats()[0] == 20  # kept in the spool...
     assert held(receiver) == 1  # ...and tracked for retry, not dropped
     assert assigned_entries(receiver) == 0
@@ -156,8 +194,8 @@ def test_series_whose_assignment_failed_on_a_full_disk_is_delivered_once_space_r
 
     # No restart: the held assignment goes through and the series reaches PostgreSQL.
     expected = {before.series_uid: 5, stranded.series_uid: 20}
-    wait_for(lambda: series_counts(database_url) == expected, timeout=30)
-    wait_for(lambda: receiver.spool.stats()[0] == 0)
+    until(lambda: series_counts(database_url) == expected, receiver)
+    until(lambda: receiver.spool.stats()[0] == 0, receiver)
     assert held(receiver) == 0
     assert receiver.ready() == (True, "ready")
     # One WARNING per outage from the spool and one from delivery, however many retries.
@@ -175,8 +213,8 @@ def test_series_whose_assignment_failed_on_a_full_disk_is_delivered_once_space_r
     after = rx_dicom.SeriesSpec()
     assert statuses(receiver.dicom_port, after, 7) == [0] * 7
     expected[after.series_uid] = 7
-    wait_for(lambda: series_counts(database_url) == expected, timeout=30)
-    wait_for(lambda: receiver.spool.stats()[0] == 0)
+    until(lambda: series_counts(database_url) == expected, receiver)
+    until(lambda: receiver.spool.stats()[0] == 0, receiver)
     assert series_counts(database_url) == expected
 
 
@@ -195,20 +233,20 @@ def test_entries_the_store_acked_while_the_disk_was_full_are_retired_once_space_
         small_disk.fill()
 
         store.start()  # the update goes out, the store acks it, retiring the entries fails
-        wait_for(lambda: series_counts(database_url) == {spec.series_uid: 10}, timeout=30)
-        wait_for(lambda: retries(receiver, "retire") >= 1)
+        until(lambda: series_counts(database_url) == {spec.series_uid: 10}, receiver)
+        until(lambda: retries(receiver, "retire") >= 1, receiver)
         assert receiver.spool.stats()[0] == 10  # acked, but the spool could not forget them
 
         small_disk.free()
 
-        wait_for(lambda: receiver.spool.stats()[0] == 0)  # retired, without a restart
+        until(lambda: receiver.spool.stats()[0] == 0, receiver)  # retired, without a restart
         assert held(receiver) == 0
         assert assigned_entries(receiver) == 0
         after = rx_dicom.SeriesSpec()
         assert statuses(receiver.dicom_port, after, 4) == [0] * 4
         expected = {spec.series_uid: 10, after.series_uid: 4}
-        wait_for(lambda: series_counts(database_url) == expected, timeout=30)
-        wait_for(lambda: receiver.spool.stats()[0] == 0)
+        until(lambda: series_counts(database_url) == expected, receiver)
+        until(lambda: receiver.spool.stats()[0] == 0, receiver)
         assert series_counts(database_url) == expected  # the first series counted once
     finally:
         store.stop()
@@ -228,18 +266,18 @@ def test_update_rejected_while_the_disk_was_full_becomes_a_dead_letter_once_spac
     receiver = make_receiver(data_dir=small_disk.path / "rx", store_address=address)
 
     assert statuses(receiver.dicom_port, rejected, 3) == [0] * 3
-    wait_for(lambda: len(servicer.seen) >= 1)
+    until(lambda: len(servicer.seen) >= 1, receiver)
     small_disk.fill()
 
-    wait_for(lambda: retries(receiver, "dead_letter") >= 1)
+    until(lambda: retries(receiver, "dead_letter") >= 1, receiver)
     assert len(servicer.seen) == 2  # answered INVALID the second time
     assert receiver.spool.count_dead_letters() == 0
     assert receiver.spool.stats()[0] == 3  # still in the spool, not lost
 
     small_disk.free()
 
-    wait_for(lambda: receiver.spool.count_dead_letters() == 1)
-    wait_for(lambda: receiver.spool.stats()[0] == 0)
+    until(lambda: receiver.spool.count_dead_letters() == 1, receiver)
+    until(lambda: receiver.spool.stats()[0] == 0, receiver)
     [letter] = receiver.spool.dead_letters()
     assert (letter.series_uid, letter.num_instances, letter.error_kind) == (
         rejected.series_uid,
@@ -253,7 +291,7 @@ def test_update_rejected_while_the_disk_was_full_becomes_a_dead_letter_once_spac
     servicer.flaky = False
     after = rx_dicom.SeriesSpec()
     assert statuses(receiver.dicom_port, after, 5) == [0] * 5
-    wait_for(lambda: receiver.spool.stats()[0] == 0 and len(servicer.seen) == 3)
+    until(lambda: receiver.spool.stats()[0] == 0 and len(servicer.seen) == 3, receiver)
     [update] = [u for u in servicer.seen if u.series.series_instance_uid == after.series_uid]
     assert len(update.instances) == 5
 
@@ -265,9 +303,10 @@ def test_receiver_that_only_refused_instances_on_a_full_disk_is_ready_again_unpr
     database_url: str,
 ) -> None:
     # Not ready means no sender is routed to it, so no C-STORE would ever show that the
-    # disk has space again: the receiver has to find out by itself.
+    # disk has space again: the receiver has to find out by itself. One page is left free:
+    # each (small) instance's file fits in it, its metadata's commit does not.
     receiver = make_receiver(data_dir=small_disk.path / "rx", store_address=store.address)
-    small_disk.fill()
+    small_disk.fill(spare_pages=1)
     refused = rx_dicom.SeriesSpec()
     assert statuses(receiver.dicom_port, refused, 2) == [OUT_OF_RESOURCES] * 2
     assert receiver.ready() == (False, "spool not writable")
@@ -275,9 +314,9 @@ def test_receiver_that_only_refused_instances_on_a_full_disk_is_ready_again_unpr
 
     small_disk.free()
 
-    wait_for(lambda: receiver.ready() == (True, "ready"))  # with nothing sent meanwhile
+    until(lambda: receiver.ready() == (True, "ready"), receiver)  # with nothing sent
     after = rx_dicom.SeriesSpec()
     assert statuses(receiver.dicom_port, after, 6) == [0] * 6
-    wait_for(lambda: series_counts(database_url) == {after.series_uid: 6}, timeout=30)
-    wait_for(lambda: receiver.spool.stats()[0] == 0)
+    until(lambda: series_counts(database_url) == {after.series_uid: 6}, receiver)
+    until(lambda: receiver.spool.stats()[0] == 0, receiver)
     assert series_counts(database_url) == {after.series_uid: 6}
