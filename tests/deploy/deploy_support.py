@@ -160,6 +160,7 @@ STORE_METRICS = {
     "seriesflow_store_db_pool_waiting": "gauge",
     "seriesflow_store_merge_conflicts_total": "counter",
     "seriesflow_store_database_up": "gauge",
+    "seriesflow_store_auth_rejections_total": "counter",
     "grpc_server_started_total": "counter",
     "grpc_server_handled_total": "counter",
     "grpc_server_handling_seconds": "histogram",
