@@ -91,8 +91,8 @@ def build(
                 )
             ],
             source=pb.Source(
-                calling_ae_title=calling_ae_title,
-                called_ae_title=called_ae_title,
+                calling_ae_title=_ae_title(calling_ae_title),
+                called_ae_title=_ae_title(called_ae_title),
                 receiver_id=receiver_id,
             ),
         )
@@ -178,6 +178,13 @@ def _clean(value: Any) -> Any:
 
 
 _NON_FINITE = {0.0: "NaN", 1.0: "Infinity", -1.0: "-Infinity"}
+
+
+def _ae_title(title: str) -> str:
+    """An AE title as the store can keep it: some senders pad the 16 bytes of their
+    A-ASSOCIATE-RQ with NUL instead of spaces, and the store refuses NUL in any text (the
+    whole update, acknowledged instances and all, would be dead-lettered)."""
+    return title.replace("\x00", "").strip()
 
 
 def _timestamp(seconds: float) -> Timestamp:

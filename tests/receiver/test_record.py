@@ -195,6 +195,24 @@ def test_a_header_nested_deeper_than_the_store_takes_is_left_out_and_the_instanc
     assert record.MAX_HEADER_DEPTH == 1 + 3 * 64 + 2
 
 
+def test_nul_padded_ae_titles_are_recorded_without_the_nul() -> None:
+    """A calling AE title padded with NUL (seen on the wire: the A-ASSOCIATE-RQ parser keeps
+    them) would make the store reject every update of that sender after its instances
+    were acknowledged."""
+    parsed = header.parse(rx_dicom.encode(rx_dicom.instance(rx_dicom.SeriesSpec(), 1)), EXPLICIT_LE)
+    update = record.build(
+        parsed,
+        received_at=0.0,
+        negotiated_sop_class_uid=rx_dicom.CT_IMAGE_STORAGE,
+        calling_ae_title="MOD\x00\x00\x00 ",
+        called_ae_title="ST\x00ORESCP",
+        receiver_id="r",
+        representative=False,
+    )
+    assert update.source.calling_ae_title == "MOD"
+    assert update.source.called_ae_title == "STORESCP"
+
+
 def _noise(length: int, seed: int) -> str:
     """Incompressible Latin-1 text (the instances' character set is ISO_IR 100)."""
     rng = random.Random(seed)
