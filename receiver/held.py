@@ -58,7 +58,9 @@ class HeldSteps:
             return len(self._steps)
 
     def hold(self, step: str, attempts: list[Attempt], error: BaseException | None) -> None:
-        """Keep `attempts` (in order) to try again later; `step` is the metric label."""
+        """Keep `attempts` (in order) to try again later; `step` is the metric label.
+        `error` is why the first of them failed; None for steps queued behind held ones
+        without a try of their own (not counted as a failed attempt)."""
         if not attempts:
             return
         with self._lock:
@@ -68,9 +70,11 @@ class HeldSteps:
             if not self._steps:
                 self._next_at = time.monotonic() + self._delay
             self._steps.extend((step, attempt) for attempt in attempts)
-            self._failures += 1
+            if error is not None:
+                self._failures += 1
             held = len(self._steps)
-        self._metrics.delivery_retries.labels(step=step).inc()
+        if error is not None:
+            self._metrics.delivery_retries.labels(step=step).inc()
         self._metrics.delivery_held.set(held)
         if first:
             _log.warning(
