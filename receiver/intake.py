@@ -158,6 +158,8 @@ class Intake:
             limit = _size_text(instance.max_bytes)
             return _refuse(self.metrics, "too_large", f"instance larger than the limit of {limit}")
         if instance.write_error:
+            # The spool's volume (full disk, I/O error): not ready until a commit works again.
+            self.spool.write_failed(OSError(instance.write_error))
             return _refuse(self.metrics, "spool_unavailable", instance.write_error)
         if instance.inflate_error:
             return _refuse(self.metrics, "unparseable", instance.inflate_error)

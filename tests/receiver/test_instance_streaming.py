@@ -24,8 +24,10 @@ import rx_send
 from rx_dimse import C_ECHO, VERIFICATION, RawAssociation, p_data, pdv, request
 from rx_harness import MakeReceiver, ReceiverProcess, make_receiver, store  # noqa: F401
 from rx_store import StoreProcess, series_counts, wait_for
+from test_disk_full import SmallDisk, small_disk  # noqa: F401 (fixture)
 
 from seriesflow.receiver.app import Receiver
+from seriesflow.receiver.incoming import Incoming
 
 C_STORE = 0x0001
 
@@ -225,3 +227,54 @@ def test_pydicom_error_lines_for_an_accepted_instance_name_it_and_its_sender(
         assert "Doe" not in line.getMessage()
     normal = _normal_series(receiver.dicom_port)
     wait_for(lambda: series_counts(database_url) == {spec.series_uid: 1, normal: 3})
+
+
+def test_a_deflated_dataset_is_inflated_into_its_file_piece_by_piece(tmp_path: Path) -> None:
+    incoming = Incoming(tmp_path / "incoming", max_bytes=1 << 30)
+    incoming.open()
+    raw = rx_dicom.encode(rx_dicom.instance(rx_dicom.SeriesSpec(), 1)) * 50
+    wire = _deflate(raw)
+    with incoming.create("1.2.840.10008.1.2.1.99") as instance:
+        for start in range(0, len(wire), 1000):
+            instance.write(memoryview(wire)[start : start + 1000])
+        instance.finish()
+        assert (instance.received_bytes, instance.stored_bytes) == (len(wire), len(raw))
+        assert instance.path.read_bytes() == raw
+    assert list((tmp_path / "incoming").iterdir()) == []  # discarded on exit
+
+
+def test_a_kept_incoming_file_belongs_to_the_caller(tmp_path: Path) -> None:
+    incoming = Incoming(tmp_path / "incoming", max_bytes=1 << 20)
+    incoming.open()
+    with incoming.create("1.2.840.10008.1.2.1") as instance:
+        instance.write(b"DICM bytes")
+        instance.finish()
+        kept = instance.keep(tmp_path / "preview-source.dcm")
+    assert kept.read_bytes() == b"DICM bytes"  # not deleted with the others
+    assert list((tmp_path / "incoming").iterdir()) == []
+
+
+def test_an_instance_whose_file_cannot_be_written_gets_0xA700_and_marks_the_spool_unready(
+    small_disk: SmallDisk,
+    make_receiver: MakeReceiver,
+    store: StoreProcess,
+    database_url: str,
+) -> None:
+    receiver = make_receiver(data_dir=small_disk.path / "rx", store_address=store.address)
+    small_disk.fill()  # not one page left: the instance's file write fails (ENOSPC)
+    spec = rx_dicom.SeriesSpec()
+    uid, raw = _big(spec, 1)
+    association = RawAssociation(receiver.dicom_port)
+    try:
+        answer = association.store(raw, uid)
+        association.release()
+    finally:
+        association.close()
+    assert answer.Status == 0xA700
+    assert answer.ErrorComment.startswith("incoming file cannot be written")
+    assert receiver.ready() == (False, "spool not writable")
+    assert _parts(receiver.config.spool_dir / "incoming") == []
+    small_disk.free()
+    wait_for(lambda: receiver.ready() == (True, "ready"))
+    normal = _normal_series(receiver.dicom_port)
+    wait_for(lambda: series_counts(database_url) == {normal: 3})
