@@ -64,12 +64,13 @@ class Incoming:
 
     def create(self, transfer_syntax_uid: str) -> IncomingFile:
         """A new, empty file for one dataset sent in `transfer_syntax_uid`."""
-        path = self.directory / f"{os.getpid()}-{next(self._names)}{_SUFFIX}"
+        # pid first (see _writer_alive); then this object, in case two share the folder.
+        path = self.directory / f"{os.getpid()}-{id(self):x}-{next(self._names)}{_SUFFIX}"
         return IncomingFile(path, transfer_syntax_uid, self.max_bytes)
 
 
 def _writer_alive(path: Path) -> bool:
-    """Whether the process named in the file's name (pid-n.part) is running and not us."""
+    """Whether the process named in the file's name (pid-....part) is running and not us."""
     pid_text = path.name.split("-", 1)[0]
     if not pid_text.isdigit() or int(pid_text) == os.getpid():
         return False
