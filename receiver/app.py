@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
 import warnings
@@ -204,6 +205,15 @@ def main(config: ReceiverConfig) -> int:
         _log.error(
             "receiver cannot start: a port is taken or the data folder is not writable",
             extra={"fields": {"error": str(exc)}},
+        )
+        return 1
+    except sqlite3.Error as exc:
+        # A full disk (SQLite cannot create its shared-memory file) or a damaged spool file:
+        # nothing can be accepted without the spool, so say where it is and stop cleanly.
+        _log.error(
+            "receiver cannot start: the spool cannot be opened; free space on its disk, or "
+            "move a damaged spool file aside (its acknowledged instances are in it)",
+            extra={"fields": {"spool": str(config.spool_dir), "error": str(exc)}},
         )
         return 1
     stop = threading.Event()

@@ -4,16 +4,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import rx_dicom
 import rx_send
 from conftest import require_tool
-from rx_harness import MakeReceiver, make_receiver  # noqa: F401 (fixtures)
+from rx_harness import MakeReceiver, ReceiverProcess, make_receiver  # noqa: F401 (fixtures)
 
 from seriesflow import settings
 from seriesflow.receiver.app import Receiver
@@ -196,3 +198,28 @@ def test_two_receivers_in_one_process_keep_their_own_counters(
     stored = 'seriesflow_receiver_instances_total{reason="stored",status="success"}'
     assert f"{stored} 3.0" in get(busy, "/metrics")[1]
     assert stored not in get(idle, "/metrics")[1]
+
+
+def test_a_spool_that_cannot_be_opened_stops_the_receiver_with_one_line_naming_it(
+    tmp_path: Path,
+) -> None:
+    process = ReceiverProcess(tmp_path / "rx", "127.0.0.1:1")
+    spool = tmp_path / "rx" / "spool"
+    spool.mkdir(parents=True)
+    (spool / "spool.sqlite3").write_bytes(b"not a database, " * 512)
+
+    with pytest.raises(RuntimeError, match="receiver exited") as exited:
+        process.start(timeout=30)
+
+    assert process.terminate() == 1
+    errors = [
+        json.loads(line)
+        for line in process.log.read_text().splitlines()
+        if line.startswith("{") and '"ERROR"' in line
+    ]
+    assert [e["message"] for e in errors] == [
+        "receiver cannot start: the spool cannot be opened; free space on its disk, or "
+        "move a damaged spool file aside (its acknowledged instances are in it)"
+    ]
+    assert errors[0]["spool"] == str(spool)
+    assert "Traceback" not in str(exited.value)

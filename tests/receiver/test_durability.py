@@ -124,8 +124,12 @@ def test_full_spool_answers_out_of_resources_and_keeps_what_it_accepted(
     statuses = [a.status for a in answers]
     accepted = statuses.count(0)
     assert 0 < accepted < 40
-    assert set(statuses[accepted:]) == {0xA700}  # once full, everything is refused...
-    assert "spool full" in answers[-1].comment
+    # Once full, instances are refused with 0xA700 (retry later). Records differ in size by
+    # a few bytes (UID lengths), so a smaller one may still fit after a larger one was
+    # refused: what matters is that every answer is one of the two, never an error.
+    assert statuses[0] == 0 and statuses[-1] == 0xA700
+    assert set(statuses) == {0, 0xA700}
+    assert all("spool full" in a.comment for a in answers if a.status == 0xA700)
     pending, nbytes, _ = receiver.spool.stats()
     assert pending == accepted  # ...and everything answered success is kept
     assert nbytes <= 16 * 1024
