@@ -125,7 +125,8 @@ def test_prometheus_scrapes_an_ingest_and_every_dashboard_panel_returns_data(
             ae_title = running.local("receiver", "SERIESFLOW_AE_TITLE")
             expected = send_study(tmp_path / "dicom", running.dicom_port, ae_title, [4, 3, 2])
             wait_for_catalog(running, expected)
-            list_series(running.grpc_address)  # a finished unary RPC for the gRPC panels
+            # A finished unary RPC for the gRPC panels.
+            list_series(running.grpc_address, running.read_token)
             total = sum(expected.values())
 
             def scraped_after_ingest() -> bool:
