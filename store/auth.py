@@ -24,9 +24,9 @@ seriesflow_store_auth_rejections_total{scope, reason}.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
-import inspect
 import logging
 import os
 import threading
@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 
 from seriesflow.store.config import StoreConfig
+from seriesflow.store.grpc_wrap import wrap
 from seriesflow.store.metrics import StoreMetrics
 
 _log = logging.getLogger(__name__)
@@ -272,15 +273,6 @@ def certificate_names(context: Any) -> list[str]:
     return names
 
 
-# (request_streaming, response_streaming) -> the handler factory of that shape
-_HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
-
-
 def scope_of(method: str) -> str | None:
     """The scope a full method name needs; None for the open services."""
     service = method.lstrip("/").rpartition("/")[0]
@@ -310,31 +302,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or scope is None or self._auth.mode == "none":
             return handler
         admit = self._admitter(scope, handler_call_details.method)
-        shape = (handler.request_streaming, handler.response_streaming)
-        if handler.response_streaming:
-            inner_stream: Any = handler.stream_stream or handler.unary_stream
 
-            async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-                await admit(context)
-                result = inner_stream(request, context)
-                if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
-                    async for item in result:
-                        yield item
-                else:  # a handler that writes with context.write() and returns None
-                    await result
+        @contextlib.asynccontextmanager
+        async def admitted(context: Any) -> AsyncIterator[None]:
+            await admit(context)
+            yield
 
-            behaviour: Callable[..., Any] = streaming
-        else:
-            inner: Any = handler.unary_unary or handler.stream_unary
-
-            async def unary(request: Any, context: Any) -> Any:
-                await admit(context)
-                return await inner(request, context)
-
-            behaviour = unary
-        return _HANDLERS[shape](
-            behaviour, handler.request_deserializer, handler.response_serializer
-        )
+        return wrap(handler, admitted)
 
     def _admitter(self, scope: str, method: str) -> Callable[[Any], Awaitable[None]]:
         async def admit(context: Any) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from seriesflow.store.grpc_wrap import wrap
 
 _TYPES = {
     (False, False): "unary",
@@ -58,15 +59,6 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any], error: BaseException |
     return "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
 
 
-# (request_streaming, response_streaming) -> the handler factory of that shape
-_HANDLERS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
-
-
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: GrpcMetrics) -> None:
         self._m = metrics
@@ -86,8 +78,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         labels = (service, method, _TYPES[shape])
         m = self._m
 
-        @contextlib.contextmanager
-        def observed(context: Any) -> Iterator[None]:
+        @contextlib.asynccontextmanager
+        async def observed(context: Any) -> AsyncIterator[None]:
             m.started.labels(*labels).inc()
             start, error = time.perf_counter(), None
             try:
@@ -99,28 +91,4 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 m.handled.labels(*labels, _code_of(context, error)).inc()
                 m.seconds.labels(*labels).observe(time.perf_counter() - start)
 
-        if handler.response_streaming:
-            # grpc.aio hands async callables here; its stubs type them as sync ones.
-            inner_stream: Any = handler.stream_stream or handler.unary_stream
-
-            async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-                with observed(context):
-                    result = inner_stream(request, context)
-                    if inspect.isasyncgen(result):
-                        async for item in result:
-                            yield item
-                    else:  # a handler that writes with context.write() and returns None
-                        await result
-
-            behaviour: Callable[..., Any] = streaming
-        else:
-            inner: Any = handler.unary_unary or handler.stream_unary
-
-            async def unary(request: Any, context: Any) -> Any:
-                with observed(context):
-                    return await inner(request, context)
-
-            behaviour = unary
-        return _HANDLERS[shape](
-            behaviour, handler.request_deserializer, handler.response_serializer
-        )
+        return wrap(handler, observed)
