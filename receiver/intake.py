@@ -182,6 +182,9 @@ class Intake:
             )
         except HeaderError as error:
             return _refuse(self.metrics, error.reason, error.comment)
+        if spooled.ByteSize() > record.MAX_RECORD_BYTES:
+            limit = _size_text(record.MAX_RECORD_BYTES)
+            return _refuse(self.metrics, "too_large", f"text too large to deliver (over {limit})")
         try:
             future = self.spool.append_later(
                 parsed.series_uid, spooled.SerializeToString(), received

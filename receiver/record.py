@@ -27,6 +27,12 @@ _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 # level (the element, its Value array, the item), then an element and its Value array:
 # 64 levels of sequences, far beyond real DICOM (structured reports nest about ten deep).
 MAX_HEADER_DEPTH = 1 + 3 * 64 + 2
+# A record, at most. receiver.updates merges one record's attributes with one record's
+# header and up to 1,000 small instance entries, so an update stays under the 64 MiB gRPC
+# message limit of receiver.client and the store: a bigger one would break the stream on
+# every re-send. A header that makes a record larger is left out; a record larger without
+# it (text of implicit VR, 4-byte lengths) is refused at C-STORE (receiver.intake).
+MAX_RECORD_BYTES = 24 * 1024 * 1024
 
 
 def build(
@@ -100,6 +106,8 @@ def build(
         # An element that will not render as JSON costs the header, not the instance.
         with contextlib.suppress(Exception):
             record.representative_header_json = _representative_json(parsed)
+        if record.ByteSize() > MAX_RECORD_BYTES:
+            record.representative_header_json = ""
     record.text_decoding_fallbacks.extend(sorted(parsed.fallbacks))
     return record
 

@@ -186,3 +186,40 @@ def test_hostile_datasets_get_their_own_status_and_cost_nothing_else(
             (odd.study_uid,),
         ).fetchone()
     assert descriptions == (100_000,)  # the latest instance's value, not cut at LO's 64
+
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+
+
+def test_text_too_large_to_deliver_is_refused_at_c_store_and_blocks_nothing(
+    make_receiver: MakeReceiver, store: StoreProcess, database_url: str
+) -> None:
+    # Implicit VR gives text a 4-byte length: 18 MB in each of two attributes made a
+    # record whose update (attributes plus representative header) passed gRPC's 64 MiB
+    # message limit; it was answered 0x0000 and then broke the store stream forever.
+    receiver = make_receiver(store_address=store.address)
+    poison = rx_dicom.SeriesSpec(patient_name="Big^Text")
+    good = rx_dicom.SeriesSpec(patient_name="Good^Patient")
+    big = rx_dicom.instance(poison, 1)
+    big.PatientID = "P" * 18_000_000
+    big.StudyDescription = "S" * 18_000_000
+    # Under the record limit, the text is stored whole (the header may be left out).
+    large = rx_dicom.instance(good, 4)
+    large.StudyDescription = "L" * 12_000_000
+    assoc = rx_send.associate(receiver.dicom_port)
+    try:
+        refused = rx_send.store(assoc, big, IMPLICIT_LE)
+        rest = [rx_send.store(assoc, ds).status for ds in rx_dicom.series(good, 3)]
+        stored = rx_send.store(assoc, large, IMPLICIT_LE)  # the latest: its text wins
+    finally:
+        assoc.release()
+    assert refused.status == 0xC001, refused
+    assert "too large to deliver" in refused.comment
+    assert stored.status == 0 and rest == [0, 0, 0]
+    wait_for(lambda: series_counts(database_url) == {good.series_uid: 4})
+    with psycopg.connect(database_url) as conn:
+        description = conn.execute(
+            "SELECT length(study_description) FROM studies WHERE study_instance_uid = %s",
+            (good.study_uid,),
+        ).fetchone()
+    assert description == (12_000_000,)
