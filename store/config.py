@@ -34,6 +34,22 @@ def database_url(value: str) -> str:
 AUTH_MODES = ("auto", "none", "token", "mtls")
 
 
+# Receivers send at most this many instances in one update (receiver/updates.py); a lower
+# limit here would reject, after their C-STORE was acknowledged, every update of a series
+# larger than it.
+RECEIVER_UPDATE_INSTANCES = 1000
+
+
+def _instances_per_update(text: str) -> int:
+    value = settings.positive_int(text)
+    if value < RECEIVER_UPDATE_INSTANCES:
+        raise ValueError(
+            f"expected at least {RECEIVER_UPDATE_INSTANCES} (receivers send up to that many "
+            "instances per update; fewer would reject acknowledged instances)"
+        )
+    return value
+
+
 def _auth_mode(value: str) -> str:
     lowered = value.strip().lower()
     if lowered not in AUTH_MODES:
@@ -132,7 +148,9 @@ class StoreConfig:
         "transactions one stream may have in flight (each on its own pooled connection)",
     )
     max_instances_per_update: int = setting(
-        "100000", settings.positive_int, "an update with more instances is rejected as INVALID"
+        "100000",
+        _instances_per_update,
+        "an update with more instances is rejected as INVALID (at least 1000)",
     )
     log_level: str = setting("INFO", settings.log_level, "DEBUG, INFO, WARNING or ERROR")
 
