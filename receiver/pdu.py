@@ -213,8 +213,9 @@ def _user_information(request: AssociateRequest, value: bytes) -> None:
 def parse_associate_rq(body: bytes) -> AssociateRequest:
     if len(body) < 68:
         raise ProtocolError("A-ASSOCIATE-RQ shorter than its fixed fields")
-    called = body[4:20].decode("ascii", "replace").strip()
-    calling = body[20:36].decode("ascii", "replace").strip()
+    # AE titles are space-padded (PS3.8 9.3.2); some senders pad with NUL instead.
+    called = body[4:20].decode("ascii", "replace").strip(" \x00")
+    calling = body[20:36].decode("ascii", "replace").strip(" \x00")
     version = struct.unpack_from(">H", body)[0]
     request = AssociateRequest(called, calling, [], 0, body[2:68], protocol_version=version)
     seen: set[int] = set()

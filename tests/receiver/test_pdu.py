@@ -99,3 +99,11 @@ def test_a_long_command_is_split_within_the_peers_maximum_pdu() -> None:
 def test_malformed_p_data_is_a_protocol_error(body: bytes) -> None:
     with pytest.raises(pdu.ProtocolError):
         pdu.pdvs(body)
+
+
+def test_nul_padded_ae_titles_are_read_without_their_padding() -> None:
+    body = bytearray(_request_bytes()[6:])
+    body[4:20] = b"STORESCP".ljust(16, b"\x00")
+    body[20:36] = b"MODALITY".ljust(16, b"\x00")
+    request = pdu.parse_associate_rq(bytes(body))
+    assert (request.calling_ae_title, request.called_ae_title) == ("MODALITY", "STORESCP")
