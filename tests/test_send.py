@@ -29,6 +29,7 @@ class RecordingScp:
     def __init__(self, *, reject_uid_prefix: str | None = None) -> None:
         self.received: dict[str, str] = {}  # SOPInstanceUID -> transfer syntax
         self.calling: set[str] = set()
+        self.announced: list[str] = []  # each C-STORE-RQ's AffectedSOPInstanceUID
         self._lock = threading.Lock()
         self._reject_uid_prefix = reject_uid_prefix
         ae = AE(ae_title="STORESCP")
@@ -46,6 +47,7 @@ class RecordingScp:
         ds = event.dataset
         with self._lock:
             self.calling.add(event.assoc.requestor.ae_title)
+            self.announced.append(str(event.request.AffectedSOPInstanceUID))
             self.received[str(ds.SOPInstanceUID)] = str(event.context.transfer_syntax)
         prefix = self._reject_uid_prefix
         if prefix is not None and str(ds.SOPInstanceUID).startswith(prefix):
@@ -103,6 +105,24 @@ def test_send_keeps_each_file_in_its_own_transfer_syntax(scp: RecordingScp, tmp_
     result = seriesflow("send", str(tmp_path), "--port", str(scp.port))
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(scp.received.values()) == sorted([ImplicitVRLittleEndian, ExplicitVRBigEndian])
+
+
+def test_send_announces_the_dataset_uid_when_the_file_meta_names_another(
+    scp: RecordingScp, tmp_path: Path
+) -> None:
+    # pydicom's own rtdose.dcm, rtplan.dcm and chrJapMulti.dcm are like this; storescu and
+    # dcmsend announce the dataset's SOPInstanceUID, which a receiver checks the data by.
+    ds = ct_instance(generate_uid(), generate_uid(), generate_uid())
+    ds.save_as(tmp_path / "stale-meta.dcm", enforce_file_format=True)
+    raw = (tmp_path / "stale-meta.dcm").read_bytes()
+    stale = generate_uid()[: len(str(ds.SOPInstanceUID))]  # same length: the meta still parses
+    (tmp_path / "stale-meta.dcm").write_bytes(
+        raw.replace(str(ds.SOPInstanceUID).encode(), stale.encode(), 1)
+    )
+    result = seriesflow("send", str(tmp_path), "--port", str(scp.port))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert scp.announced == [str(ds.SOPInstanceUID)]
+    assert list(scp.received) == [str(ds.SOPInstanceUID)]
 
 
 def test_send_exits_nonzero_and_names_failures(tmp_path: Path) -> None:

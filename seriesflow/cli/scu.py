@@ -65,7 +65,8 @@ class DicomFile:
     sop_class_uid: str
     transfer_syntax_uid: str
     # A bare dataset without the Part 10 header (preamble, DICM, file meta), as older
-    # archives and some modalities write them; dcmtk's storescu sends these too.
+    # archives and some modalities write them; dcmtk's storescu sends these too. Also a
+    # file whose meta names another SOPInstanceUID than its dataset: both are sent decoded.
     bare: bool = False
 
 
@@ -119,7 +120,8 @@ def probe(path: Path) -> DicomFile | str:
         with warnings.catch_warnings():
             # pydicom warns about odd files it still reads; the summary reports what matters
             warnings.simplefilter("ignore")
-            meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            meta = ds.file_meta
     except FileNotFoundError:
         return "no such file"
     except InvalidDicomError:
@@ -132,7 +134,12 @@ def probe(path: Path) -> DicomFile | str:
         return "no file meta information (MediaStorageSOPClassUID/TransferSyntaxUID)"
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         return "a DICOMDIR, not an instance"
-    return DicomFile(path, str(sop_class), str(syntax))
+    # A file meta naming another instance than its dataset (pydicom's own rtdose.dcm): sent
+    # from the dataset, as storescu and dcmsend do, so the C-STORE announces the UID the
+    # receiver checks the data against (sending the file as it is would announce the meta's).
+    dataset_uid = ds.get("SOPInstanceUID")
+    stale = bool(dataset_uid) and dataset_uid != meta.get("MediaStorageSOPInstanceUID")
+    return DicomFile(path, str(sop_class), str(syntax), bare=stale)
 
 
 def _probe_bare(path: Path) -> DicomFile | str:
