@@ -216,6 +216,12 @@ class Flusher:
             )
             return
         update = updates.merge(part.update_id, payloads, part.completion)
+        if (size := update.ByteSize()) > updates.STORE_MESSAGE_LIMIT:
+            # Intake refuses instances whose record could grow this large; a spool written
+            # before that check could still hold one. Sending it would break the stream at
+            # every re-send, so it is kept aside as the store would keep an invalid one.
+            self._dead_letter(Pending(update, part.last_instance_wall), _too_large(size))
+            return
         self._submit(Pending(update, part.last_instance_wall))
 
     def _submit(self, pending: Pending) -> None:
@@ -289,3 +295,16 @@ class Flusher:
             keep_aside()
         except SPOOL_FAILURES as exc:
             self.held.hold("dead_letter", [keep_aside], exc)
+
+
+def _too_large(size: int) -> pb.SeriesAck:
+    """The rejection the store would send if it could receive an update of `size` bytes."""
+    limit = updates.STORE_MESSAGE_LIMIT
+    return pb.SeriesAck(
+        ok=False,
+        error=pb.AckError(
+            kind=pb.AckError.KIND_INVALID,
+            message=f"update of {size} bytes is larger than the store accepts ({limit} bytes); "
+            "never sent",
+        ),
+    )

@@ -10,6 +10,9 @@ from seriesflow.v1 import series_store_pb2 as pb
 # Instances per update: keeps each message far below gRPC's 4 MiB default and each of the
 # store's transactions short. A bigger group is sent as several updates.
 MAX_INSTANCES_PER_UPDATE = 1000
+# The most the store's gRPC server takes in one message (its max_receive_message_length).
+# An update over it would break the stream at every re-send and block all delivery.
+STORE_MESSAGE_LIMIT = 64 * 1024 * 1024
 
 COMPLETION = {
     Reason.IDLE: pb.COMPLETION_REASON_IDLE,

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,6 +24,7 @@ from rx_harness import MakeReceiver, make_receiver, store  # noqa: F401 (fixture
 from rx_store import StoreProcess, series_counts, wait_for
 
 from seriesflow.receiver import dead_letters
+from seriesflow.receiver.spool import Spool
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
@@ -144,3 +147,36 @@ def test_rejections_of_an_unknown_kind_are_retried_on_the_same_stream_not_dead_l
     assert receiver.spool.count_dead_letters() == 0
     assert receiver.client.connected  # no reconnect was needed
     assert update_id
+
+
+def test_an_update_larger_than_the_store_accepts_is_kept_aside_never_sent(
+    make_receiver: MakeReceiver, store: StoreProcess, database_url: str, tmp_path: Path
+) -> None:
+    # A spool written before intake refused such instances (an older receiver) holds one
+    # record too large for the store's gRPC limit; sending it would break the stream forever.
+    data_dir = tmp_path / "upgraded"
+    spool = Spool(data_dir / "spool", max_bytes=2**31)
+    spool.open()
+    big = rx_dicom.SeriesSpec()
+    record = pb.SeriesUpdate(
+        study=pb.StudyAttributes(study_instance_uid=big.study_uid),
+        series=pb.SeriesAttributes(series_instance_uid=big.series_uid),
+        instances=[pb.Instance(sop_instance_uid=f"{big.series_uid}.1", size_bytes=1)],
+        representative_header_json='{"00081030":{"vr":"LO","Value":["' + "x" * 65 * 2**20 + '"]}}',
+    )
+    spool.append_later(big.series_uid, record.SerializeToString(), time.time()).result()
+    spool.close()
+
+    receiver = make_receiver(data_dir=data_dir, store_address=store.address)
+    wait_for(lambda: receiver.spool.count_dead_letters() == 1, timeout=30)
+    [letter] = receiver.spool.dead_letters()
+    assert letter.series_uid == big.series_uid
+    assert "larger than the store accepts" in letter.error_message
+
+    normal = rx_dicom.SeriesSpec()
+    rx_send.send_all(receiver.dicom_port, rx_dicom.series(normal, 3))
+    wait_for(lambda: series_counts(database_url) == {normal.series_uid: 3})
+    reconnects = receiver.metrics.registry.get_sample_value(
+        "seriesflow_receiver_stream_reconnects_total"
+    )
+    assert reconnects == 0
