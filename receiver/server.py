@@ -44,6 +44,8 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _PIECE = 256 * 1024
 _CONTROL_PDU_BODY = 1024
 _CLOSE_GRACE = 5.0
+# How long a rejected requestor gets to close its side (PS3.8 ARTIM) before we close ours.
+_ARTIM_SECONDS = 2.0
 # At most one log line per this many seconds about connections closed before association
 # (a flood of idle connections must not become a flood of log lines).
 _REFUSAL_LOG_INTERVAL = 10.0
@@ -299,6 +301,15 @@ class _Association:
             },
         )
 
+    async def await_peer_close(self) -> None:
+        """PS3.8 Sta13: after A-ASSOCIATE-RJ the requestor closes the connection, and the
+        acceptor waits for that (ARTIM timer) rather than closing first: a sender that reads
+        its socket late then still finds the rejection and its reason, not a reset."""
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(_ARTIM_SECONDS):
+                while await self.reader.read(64 * 1024):
+                    pass  # nothing more is expected; whatever comes is dropped
+
     async def associate(self, request: pdu.AssociateRequest) -> bool:
         self.calling = request.calling_ae_title
         called = request.called_ae_title
@@ -315,6 +326,7 @@ class _Association:
                 await self.writer.drain()
             peer = self.peer_fields()["peer"]
             server.intake.association_rejected(self.calling, called, peer, why)
+            await self.await_peer_close()
             return False
         server.associated += 1
         self.counted = True
