@@ -8,6 +8,11 @@ Nothing in DICOM says a series is finished, so completion is a guess (contract 3
   as a part and the series stays open (the newest instance later carries the completion).
 An instance arriving after its series was flushed opens a new group: the store reopens
 the series and updates its counts. Any number of associations may feed one series.
+
+The store decides completion across receiver replicas (contract 3), so every open group is
+also reported to it as a hold (`holds_due`): once when the group opens, then again every
+`renew_after` seconds while it stays open, so the store never completes a series that is
+still arriving here, and a hold this receiver stops renewing (it died) expires there.
 """
 
 from __future__ import annotations
@@ -32,9 +37,18 @@ class _Group:
     last_at: float
     last_wall: float
     seqs: list[int] = dataclasses.field(default_factory=list)
+    reported_at: float | None = None  # when its hold was last reported to the store
     associations: set[int] = dataclasses.field(default_factory=set)
     released: bool = False  # every carrying association ended with a normal release
     has_representative: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Hold:
+    """An open group to report (or re-report) to the store as holding its series."""
+
+    series_uid: str
+    first_seq: int  # the group's first spool sequence: the position the hold starts at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +149,18 @@ class Tracker:
                     del self._groups[series_uid]
                     flushes.append(Flush(series_uid, group.seqs, reason, group.last_wall))
         return flushes
+
+    def holds_due(self, renew_after: float) -> list[Hold]:
+        """Open groups never reported, or last reported `renew_after` seconds ago or more;
+        each is marked reported now."""
+        now = self._clock()
+        holds = []
+        with self._lock:
+            for group in self._groups.values():
+                if group.reported_at is None or now - group.reported_at >= renew_after:
+                    group.reported_at = now
+                    holds.append(Hold(group.series_uid, group.seqs[0]))
+        return holds
 
     def _reason(self, group: _Group, now: float) -> Reason | None:
         idle = now - group.last_at

@@ -16,19 +16,34 @@ class CompletionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMPLETION_REASON_IDLE: _ClassVar[CompletionReason]
     COMPLETION_REASON_RELEASED: _ClassVar[CompletionReason]
     COMPLETION_REASON_MAX_AGE: _ClassVar[CompletionReason]
+    COMPLETION_REASON_HOLD_EXPIRED: _ClassVar[CompletionReason]
 
 class SeriesStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SERIES_STATUS_UNSPECIFIED: _ClassVar[SeriesStatus]
     SERIES_STATUS_RECEIVING: _ClassVar[SeriesStatus]
     SERIES_STATUS_COMPLETE: _ClassVar[SeriesStatus]
+
+class SeriesEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SERIES_EVENT_KIND_UNSPECIFIED: _ClassVar[SeriesEventKind]
+    SERIES_EVENT_KIND_CREATED: _ClassVar[SeriesEventKind]
+    SERIES_EVENT_KIND_INSTANCES_ADDED: _ClassVar[SeriesEventKind]
+    SERIES_EVENT_KIND_COMPLETED: _ClassVar[SeriesEventKind]
+    SERIES_EVENT_KIND_REOPENED: _ClassVar[SeriesEventKind]
 COMPLETION_REASON_UNSPECIFIED: CompletionReason
 COMPLETION_REASON_IDLE: CompletionReason
 COMPLETION_REASON_RELEASED: CompletionReason
 COMPLETION_REASON_MAX_AGE: CompletionReason
+COMPLETION_REASON_HOLD_EXPIRED: CompletionReason
 SERIES_STATUS_UNSPECIFIED: SeriesStatus
 SERIES_STATUS_RECEIVING: SeriesStatus
 SERIES_STATUS_COMPLETE: SeriesStatus
+SERIES_EVENT_KIND_UNSPECIFIED: SeriesEventKind
+SERIES_EVENT_KIND_CREATED: SeriesEventKind
+SERIES_EVENT_KIND_INSTANCES_ADDED: SeriesEventKind
+SERIES_EVENT_KIND_COMPLETED: SeriesEventKind
+SERIES_EVENT_KIND_REOPENED: SeriesEventKind
 
 class PatientAttributes(_message.Message):
     __slots__ = ("patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date", "patient_sex")
@@ -117,7 +132,7 @@ class Source(_message.Message):
     def __init__(self, calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., receiver_id: _Optional[str] = ...) -> None: ...
 
 class SeriesUpdate(_message.Message):
-    __slots__ = ("update_id", "patient", "study", "series", "instances", "source", "completion_reason", "representative_header_json", "text_decoding_fallbacks")
+    __slots__ = ("update_id", "patient", "study", "series", "instances", "source", "completion_reason", "representative_header_json", "text_decoding_fallbacks", "holding", "receiver_sequence")
     UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_FIELD_NUMBER: _ClassVar[int]
     STUDY_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +142,8 @@ class SeriesUpdate(_message.Message):
     COMPLETION_REASON_FIELD_NUMBER: _ClassVar[int]
     REPRESENTATIVE_HEADER_JSON_FIELD_NUMBER: _ClassVar[int]
     TEXT_DECODING_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    HOLDING_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     update_id: str
     patient: PatientAttributes
     study: StudyAttributes
@@ -136,21 +153,25 @@ class SeriesUpdate(_message.Message):
     completion_reason: CompletionReason
     representative_header_json: str
     text_decoding_fallbacks: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, update_id: _Optional[str] = ..., patient: _Optional[_Union[PatientAttributes, _Mapping]] = ..., study: _Optional[_Union[StudyAttributes, _Mapping]] = ..., series: _Optional[_Union[SeriesAttributes, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., completion_reason: _Optional[_Union[CompletionReason, str]] = ..., representative_header_json: _Optional[str] = ..., text_decoding_fallbacks: _Optional[_Iterable[str]] = ...) -> None: ...
+    holding: bool
+    receiver_sequence: int
+    def __init__(self, update_id: _Optional[str] = ..., patient: _Optional[_Union[PatientAttributes, _Mapping]] = ..., study: _Optional[_Union[StudyAttributes, _Mapping]] = ..., series: _Optional[_Union[SeriesAttributes, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., completion_reason: _Optional[_Union[CompletionReason, str]] = ..., representative_header_json: _Optional[str] = ..., text_decoding_fallbacks: _Optional[_Iterable[str]] = ..., holding: _Optional[bool] = ..., receiver_sequence: _Optional[int] = ...) -> None: ...
 
 class SeriesAck(_message.Message):
-    __slots__ = ("update_id", "ok", "num_instances", "status", "error")
+    __slots__ = ("update_id", "ok", "num_instances", "status", "error", "hold_seconds")
     UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     NUM_INSTANCES_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    HOLD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     update_id: str
     ok: bool
     num_instances: int
     status: SeriesStatus
     error: AckError
-    def __init__(self, update_id: _Optional[str] = ..., ok: _Optional[bool] = ..., num_instances: _Optional[int] = ..., status: _Optional[_Union[SeriesStatus, str]] = ..., error: _Optional[_Union[AckError, _Mapping]] = ...) -> None: ...
+    hold_seconds: int
+    def __init__(self, update_id: _Optional[str] = ..., ok: _Optional[bool] = ..., num_instances: _Optional[int] = ..., status: _Optional[_Union[SeriesStatus, str]] = ..., error: _Optional[_Union[AckError, _Mapping]] = ..., hold_seconds: _Optional[int] = ...) -> None: ...
 
 class AckError(_message.Message):
     __slots__ = ("kind", "field", "message")
@@ -169,7 +190,7 @@ class AckError(_message.Message):
     def __init__(self, kind: _Optional[_Union[AckError.Kind, str]] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Series(_message.Message):
-    __slots__ = ("series_instance_uid", "study_instance_uid", "patient_id", "patient_name", "modality", "series_number", "series_description", "num_instances", "status", "first_received_at", "last_received_at", "study_date", "study_description", "accession_number", "body_part_examined", "manufacturer", "manufacturer_model_name", "station_name", "institution_name", "series_date", "protocol_name", "source_ae_title", "receiver_id", "completion_reason", "completed_at", "total_size_bytes", "text_decoding_fallbacks", "issuer_of_patient_id")
+    __slots__ = ("series_instance_uid", "study_instance_uid", "patient_id", "patient_name", "modality", "series_number", "series_description", "num_instances", "status", "first_received_at", "last_received_at", "study_date", "study_description", "accession_number", "body_part_examined", "manufacturer", "manufacturer_model_name", "station_name", "institution_name", "series_date", "protocol_name", "source_ae_title", "receiver_id", "completion_reason", "completed_at", "total_size_bytes", "text_decoding_fallbacks", "issuer_of_patient_id", "completion_version", "completion_detail")
     SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +219,8 @@ class Series(_message.Message):
     TOTAL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     TEXT_DECODING_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     ISSUER_OF_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_DETAIL_FIELD_NUMBER: _ClassVar[int]
     series_instance_uid: str
     study_instance_uid: str
     patient_id: str
@@ -226,7 +249,9 @@ class Series(_message.Message):
     total_size_bytes: int
     text_decoding_fallbacks: _containers.RepeatedScalarFieldContainer[str]
     issuer_of_patient_id: str
-    def __init__(self, series_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., patient_id: _Optional[str] = ..., patient_name: _Optional[str] = ..., modality: _Optional[str] = ..., series_number: _Optional[int] = ..., series_description: _Optional[str] = ..., num_instances: _Optional[int] = ..., status: _Optional[_Union[SeriesStatus, str]] = ..., first_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., study_date: _Optional[str] = ..., study_description: _Optional[str] = ..., accession_number: _Optional[str] = ..., body_part_examined: _Optional[str] = ..., manufacturer: _Optional[str] = ..., manufacturer_model_name: _Optional[str] = ..., station_name: _Optional[str] = ..., institution_name: _Optional[str] = ..., series_date: _Optional[str] = ..., protocol_name: _Optional[str] = ..., source_ae_title: _Optional[str] = ..., receiver_id: _Optional[str] = ..., completion_reason: _Optional[_Union[CompletionReason, str]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_size_bytes: _Optional[int] = ..., text_decoding_fallbacks: _Optional[_Iterable[str]] = ..., issuer_of_patient_id: _Optional[str] = ...) -> None: ...
+    completion_version: int
+    completion_detail: str
+    def __init__(self, series_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., patient_id: _Optional[str] = ..., patient_name: _Optional[str] = ..., modality: _Optional[str] = ..., series_number: _Optional[int] = ..., series_description: _Optional[str] = ..., num_instances: _Optional[int] = ..., status: _Optional[_Union[SeriesStatus, str]] = ..., first_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., study_date: _Optional[str] = ..., study_description: _Optional[str] = ..., accession_number: _Optional[str] = ..., body_part_examined: _Optional[str] = ..., manufacturer: _Optional[str] = ..., manufacturer_model_name: _Optional[str] = ..., station_name: _Optional[str] = ..., institution_name: _Optional[str] = ..., series_date: _Optional[str] = ..., protocol_name: _Optional[str] = ..., source_ae_title: _Optional[str] = ..., receiver_id: _Optional[str] = ..., completion_reason: _Optional[_Union[CompletionReason, str]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_size_bytes: _Optional[int] = ..., text_decoding_fallbacks: _Optional[_Iterable[str]] = ..., issuer_of_patient_id: _Optional[str] = ..., completion_version: _Optional[int] = ..., completion_detail: _Optional[str] = ...) -> None: ...
 
 class Study(_message.Message):
     __slots__ = ("study_instance_uid", "patient_id", "patient_name", "study_date", "study_time", "study_description", "accession_number", "study_id", "referring_physician_name", "modalities", "num_series", "num_instances", "first_received_at", "last_received_at", "issuer_of_patient_id")
@@ -421,3 +446,37 @@ class GetAttributesResponse(_message.Message):
     series_instance_uid: str
     attributes: _containers.RepeatedCompositeFieldContainer[Attribute]
     def __init__(self, series_instance_uid: _Optional[str] = ..., attributes: _Optional[_Iterable[_Union[Attribute, _Mapping]]] = ...) -> None: ...
+
+class WatchSeriesRequest(_message.Message):
+    __slots__ = ("after_cursor", "kinds", "modality", "calling_ae_title", "consumer")
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    CALLING_AE_TITLE_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    after_cursor: str
+    kinds: _containers.RepeatedScalarFieldContainer[SeriesEventKind]
+    modality: str
+    calling_ae_title: str
+    consumer: str
+    def __init__(self, after_cursor: _Optional[str] = ..., kinds: _Optional[_Iterable[_Union[SeriesEventKind, str]]] = ..., modality: _Optional[str] = ..., calling_ae_title: _Optional[str] = ..., consumer: _Optional[str] = ...) -> None: ...
+
+class SeriesEvent(_message.Message):
+    __slots__ = ("cursor", "kind", "occurred_at", "completion_version", "completion_reason", "completion_detail", "instances_added", "series")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_REASON_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_ADDED_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    cursor: str
+    kind: SeriesEventKind
+    occurred_at: _timestamp_pb2.Timestamp
+    completion_version: int
+    completion_reason: CompletionReason
+    completion_detail: str
+    instances_added: int
+    series: Series
+    def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[_Union[SeriesEventKind, str]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completion_version: _Optional[int] = ..., completion_reason: _Optional[_Union[CompletionReason, str]] = ..., completion_detail: _Optional[str] = ..., instances_added: _Optional[int] = ..., series: _Optional[_Union[Series, _Mapping]] = ...) -> None: ...

@@ -70,6 +70,11 @@ class SeriesStoreStub:
                 request_serializer=seriesflow_dot_v1_dot_series__store__pb2.GetAttributesRequest.SerializeToString,
                 response_deserializer=seriesflow_dot_v1_dot_series__store__pb2.GetAttributesResponse.FromString,
                 _registered_method=True)
+        self.WatchSeries = channel.unary_stream(
+                '/seriesflow.v1.SeriesStore/WatchSeries',
+                request_serializer=seriesflow_dot_v1_dot_series__store__pb2.WatchSeriesRequest.SerializeToString,
+                response_deserializer=seriesflow_dot_v1_dot_series__store__pb2.SeriesEvent.FromString,
+                _registered_method=True)
 
 
 class SeriesStoreServicer:
@@ -128,6 +133,19 @@ class SeriesStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSeries(self, request, context):
+        """WatchSeries streams series events in cursor order: first every stored event after
+        after_cursor (a replay), then new ones as they commit, until the caller cancels.
+        Delivery is at-least-once with stable cursors: a consumer that stores the cursor of the
+        last event it processed and resumes with it never misses nor repeats one. Fails with
+        OUT_OF_RANGE when events after after_cursor were pruned by retention (resync from
+        ListSeries, then resume from the cursor the error names) or when after_cursor is
+        beyond the log's end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SeriesStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +183,11 @@ def add_SeriesStoreServicer_to_server(servicer, server):
                     servicer.GetAttributes,
                     request_deserializer=seriesflow_dot_v1_dot_series__store__pb2.GetAttributesRequest.FromString,
                     response_serializer=seriesflow_dot_v1_dot_series__store__pb2.GetAttributesResponse.SerializeToString,
+            ),
+            'WatchSeries': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSeries,
+                    request_deserializer=seriesflow_dot_v1_dot_series__store__pb2.WatchSeriesRequest.FromString,
+                    response_serializer=seriesflow_dot_v1_dot_series__store__pb2.SeriesEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +380,33 @@ class SeriesStore:
             '/seriesflow.v1.SeriesStore/GetAttributes',
             seriesflow_dot_v1_dot_series__store__pb2.GetAttributesRequest.SerializeToString,
             seriesflow_dot_v1_dot_series__store__pb2.GetAttributesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/seriesflow.v1.SeriesStore/WatchSeries',
+            seriesflow_dot_v1_dot_series__store__pb2.WatchSeriesRequest.SerializeToString,
+            seriesflow_dot_v1_dot_series__store__pb2.SeriesEvent.FromString,
             options,
             channel_credentials,
             insecure,
