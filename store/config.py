@@ -152,6 +152,18 @@ class StoreConfig:
         _instances_per_update,
         "an update with more instances is rejected as INVALID (at least 1000)",
     )
+    hold_timeout: int = setting(
+        "300",
+        settings.positive_int,
+        "seconds a receiver's hold on a series lasts unless the receiver renews it; a "
+        "receiver that disappears delays the completion of what it held by at most this",
+    )
+    event_retention: int = setting(
+        "604800",
+        settings.non_negative_int,
+        "seconds series events are kept for WatchSeries replay (0 keeps them forever); a "
+        "consumer further behind must resync from ListSeries",
+    )
     log_level: str = setting("INFO", settings.log_level, "DEBUG, INFO, WARNING or ERROR")
 
     @property

@@ -24,14 +24,16 @@ transaction and acks each update only after that commits). Rules, all idempotent
 - Attributes. Text attributes take the latest non-empty value received; empty never
   erases. A representative header, when given, replaces the stored one. Text-decoding
   fallbacks accumulate (a set).
-- Completion. Reason IDLE or RELEASED makes the series COMPLETE (completed_at set when it
-  becomes complete or gains instances). Reason MAX_AGE or UNSPECIFIED adding at least one
-  new instance makes it RECEIVING (a COMPLETE series reopens, completed_at cleared); without
-  new instances (a re-send) the status is left as it is. A new series starts RECEIVING.
+- Completion is decided from every receiver's reports by store.completion (hold reports
+  and updates of all receivers, under a per-series lock); a new series starts RECEIVING.
+- Events. Every change (created, instances added, reopened, completed) is appended to the
+  event log in the same transaction, as its last step (store.events).
 
-Locking. Upserts touch rows in a fixed order (patients by key, studies by UID, series by
-UID, conflicts by key), and each transaction locks its series rows (by the upsert) before
-inserting their instances, so writers of the same series queue instead of deadlocking.
+Locking. Each transaction first takes the decision lock of every series it touches
+(store.completion.lock_series, in one order); then upserts touch rows in a fixed order
+(patients by key, studies by UID, series by UID, conflicts by key), and each transaction
+locks its series rows (by the upsert) before inserting their instances, so writers of
+the same series queue instead of deadlocking.
 The one remaining deadlock (two series claiming the same SOP UIDs in opposite orders at
 the same moment) is detected by PostgreSQL and the transaction retried by Database.run.
 """
@@ -42,17 +44,29 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from seriesflow.store import instances
+from seriesflow.store import completion, events, instances
+from seriesflow.store.completion import Completion, Policy, SeriesBefore
 from seriesflow.store.database import Connection
 from seriesflow.store.instances import SeriesState
-from seriesflow.store.validation import SERIES_TEXT, SOURCE_TEXT, STUDY_TEXT, ValidUpdate
+from seriesflow.store.validation import (
+    SERIES_TEXT,
+    SOURCE_TEXT,
+    STUDY_TEXT,
+    ValidHold,
+    ValidUpdate,
+)
+
+Item = ValidUpdate | ValidHold
 
 
 @dataclass
 class BatchResult:
     """What a committed batch did: per-series state for the acks, counts for metrics."""
 
-    series: dict[str, SeriesState] = field(default_factory=dict)
+    series: dict[str, SeriesState] = field(default_factory=dict)  # by series UID
+    completions: list[Completion] = field(default_factory=list)
+    events: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by kind
+    holds_expired: int = 0
     new: int = 0
     duplicate: int = 0
     conflicts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -68,13 +82,13 @@ class _Conflict:
     receiver_id: str
 
 
-def rounds(updates: list[ValidUpdate]) -> list[list[ValidUpdate]]:
+def rounds(updates: list[Item]) -> list[list[Item]]:
     """Split a batch so each series appears at most once per round, in arrival order.
 
     One statement cannot upsert a row twice; rounds also keep the per-update semantics
     (e.g. completion) identical to merging the updates one by one.
     """
-    out: list[list[ValidUpdate]] = []
+    out: list[list[Item]] = []
     seen: dict[str, int] = defaultdict(int)
     for update in updates:
         k = seen[update.series_uid]
@@ -85,12 +99,34 @@ def rounds(updates: list[ValidUpdate]) -> list[list[ValidUpdate]]:
     return [sorted(r, key=lambda u: u.series_uid) for r in out]
 
 
-async def merge(conn: Connection, updates: list[ValidUpdate]) -> BatchResult:
-    """Merge `updates` inside the caller's transaction."""
+async def merge(conn: Connection, items: list[Item], policy: Policy) -> BatchResult:
+    """Merge `items` (updates and hold reports) inside the caller's transaction."""
     result = BatchResult()
-    for round_ in rounds(updates):
-        await _merge_round(conn, round_, result)
+    await completion.lock_series(conn, (item.series_uid for item in items))
+    written: list[events.Event] = []
+    for round_ in rounds(items):
+        updates = [u for u in round_ if isinstance(u, ValidUpdate)]
+        holds = [h for h in round_ if isinstance(h, ValidHold)]
+        before = await _merge_round(conn, updates, result) if updates else {}
+        decided = await completion.decide_round(conn, updates, holds, before, policy)
+        for uid, status in decided.status.items():
+            state = result.series.get(uid)
+            if state is None:
+                result.series[uid] = SeriesState(before_count(before, uid), status)
+            else:
+                state.status = status
+        result.completions += decided.completions
+        result.holds_expired += decided.holds_expired
+        written += decided.events
+    for event in written:
+        result.events[event.kind] += 1
+    await events.write(conn, written)
     return result
+
+
+def before_count(before: dict[str, SeriesBefore], uid: str) -> int:
+    row = before.get(uid)
+    return row.num_instances if row is not None else 0
 
 
 def _latest_non_empty(rows: list[dict[str, object]]) -> dict[str, object]:
@@ -102,7 +138,10 @@ def _latest_non_empty(rows: list[dict[str, object]]) -> dict[str, object]:
     return merged
 
 
-async def _merge_round(conn: Connection, updates: list[ValidUpdate], result: BatchResult) -> None:
+async def _merge_round(
+    conn: Connection, updates: list[ValidUpdate], result: BatchResult
+) -> dict[str, SeriesBefore]:
+    """Merge one round's updates; returns each series' row as the round found it."""
     conflicts: list[_Conflict] = []
     patient_ids = await _upsert_patients(conn, updates)
     study_rows = await _upsert_studies(conn, updates, patient_ids)
@@ -123,8 +162,20 @@ async def _merge_round(conn: Connection, updates: list[ValidUpdate], result: Bat
     outcome = await instances.insert(
         conn, updates, {uid: row[0] for uid, row in series_rows.items()}
     )
+    before: dict[str, SeriesBefore] = {}
     for update in updates:
-        result.series[update.series_uid] = outcome.states[series_rows[update.series_uid][0]]
+        row = series_rows[update.series_uid]
+        state = outcome.states[row[0]]
+        result.series[update.series_uid] = state
+        before[update.series_uid] = SeriesBefore(
+            series_id=row[0],
+            status=row[2],
+            version=row[3],
+            inserted=row[4],
+            added=outcome.added[row[0]],
+            num_instances=state.num_instances,
+            last_received_at=outcome.last_received_at.get(row[0]),
+        )
     conflicts += [
         _Conflict(
             "instance_in_other_series",
@@ -142,6 +193,7 @@ async def _merge_round(conn: Connection, updates: list[ValidUpdate], result: Bat
         await _record_conflicts(conn, conflicts)
         for conflict in conflicts:
             result.conflicts[conflict.kind] += 1
+    return before
 
 
 async def _upsert_patients(
@@ -229,9 +281,10 @@ async def _upsert_series(
     conn: Connection,
     updates: list[ValidUpdate],
     study_rows: dict[str, tuple[int, int]],
-) -> dict[str, tuple[int, int]]:
-    """Returns series UID -> (series id, study id the series keeps). Locks the rows.
-    A series takes its study's patient, never the update's."""
+) -> dict[str, tuple[int, int, str, int, bool]]:
+    """Returns series UID -> (series id, study id the series keeps, status, completion
+    version, whether this inserted it). Locks the rows. A series takes its study's
+    patient, never the update's."""
     params: list[object] = [
         [u.series_uid for u in updates],
         [study_rows[u.study_uid][0] for u in updates],
@@ -270,11 +323,15 @@ async def _upsert_series(
             representative_header = COALESCE(EXCLUDED.representative_header,
                                              s.representative_header),
             {text_sets}
-        RETURNING series_instance_uid, id, study_fk
+        RETURNING series_instance_uid, id, study_fk, status, completion_version,
+                  (xmax = 0) AS inserted
         """,
         params,
     )
-    return {str(r[0]): (int(r[1]), int(r[2])) for r in await cur.fetchall()}  # type: ignore[call-overload]
+    return {
+        str(r[0]): (int(r[1]), int(r[2]), str(r[3]), int(r[4]), bool(r[5]))  # type: ignore[call-overload]
+        for r in await cur.fetchall()
+    }
 
 
 async def _describe_mismatches(
@@ -282,7 +339,7 @@ async def _describe_mismatches(
     patient_mismatch: list[ValidUpdate],
     study_mismatch: list[ValidUpdate],
     study_patient: dict[str, int],
-    series_rows: dict[str, tuple[int, int]],
+    series_rows: dict[str, tuple[int, int, str, int, bool]],
 ) -> list[_Conflict]:
     patient_fks = [study_patient[u.study_uid] for u in patient_mismatch]
     cur = await conn.execute(

@@ -14,6 +14,7 @@ under any interleaving; the fast one is only taken when it provably inserted eve
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
 from dataclasses import dataclass, field
 from itertools import compress
@@ -53,6 +54,8 @@ class Claim:
 @dataclass
 class Outcome:
     states: dict[int, SeriesState] = field(default_factory=dict)  # by series id
+    added: dict[int, int] = field(default_factory=dict)  # instances inserted, by series id
+    last_received_at: dict[int, dt.datetime | None] = field(default_factory=dict)
     new: int = 0
     duplicate: int = 0
     claims: list[Claim] = field(default_factory=list)
@@ -229,15 +232,14 @@ async def _fold(
     out: Outcome,
 ) -> None:
     """Add exactly the inserted rows to their series, studies and patients (under the
-    series row locks), and apply the completion rule; see store.ingest."""
+    series row locks). Status is left to store.completion; see store.ingest."""
     added = {rows.series_id: rows for rows in inserted}
-    ids, reasons, counts, sizes, firsts, lasts = [], [], [], [], [], []
+    ids, counts, sizes, firsts, lasts = [], [], [], [], []
     for u in updates:
         series_id = series_ids[u.series_uid]
         rows = added[series_id]
         received = rows.column(u.instances.received_us)  # type: ignore[arg-type]
         ids.append(series_id)
-        reasons.append(u.reason)
         counts.append(len(received))
         # Each size is at most validation.MAX_INSTANCE_SIZE; the sum still saturates at
         # bigint's maximum, as the series total does.
@@ -247,11 +249,11 @@ async def _fold(
     cur = await conn.execute(
         """
         WITH added AS (
-            SELECT series_fk, reason, n, bytes,
+            SELECT series_fk, n, bytes,
                    timestamptz 'epoch' + first_us * interval '1 microsecond' AS first_at,
                    timestamptz 'epoch' + last_us * interval '1 microsecond' AS last_at
-            FROM unnest(%b::bigint[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
-                        %b::bigint[]) AS t(series_fk, reason, n, bytes, first_us, last_us)
+            FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
+                        %b::bigint[]) AS t(series_fk, n, bytes, first_us, last_us)
         ), upd AS (
             UPDATE series s SET
                 num_instances = s.num_instances + a.n,
@@ -260,21 +262,11 @@ async def _fold(
                 total_size_bytes = LEAST(s.total_size_bytes::numeric + a.bytes,
                                          9223372036854775807)::bigint,
                 first_received_at = LEAST(s.first_received_at, a.first_at),
-                last_received_at = GREATEST(s.last_received_at, a.last_at),
-                completion_reason = a.reason,
-                status = CASE
-                    WHEN a.reason IN ('IDLE', 'RELEASED') THEN 'COMPLETE'
-                    WHEN a.n > 0 THEN 'RECEIVING'
-                    ELSE s.status END,
-                completed_at = CASE
-                    WHEN a.reason IN ('IDLE', 'RELEASED') THEN
-                        CASE WHEN s.status = 'COMPLETE' AND a.n = 0
-                             THEN s.completed_at ELSE now() END
-                    WHEN a.n > 0 THEN NULL
-                    ELSE s.completed_at END
+                last_received_at = GREATEST(s.last_received_at, a.last_at)
             FROM added a
             WHERE s.id = a.series_fk
-            RETURNING s.id, s.study_fk, s.num_instances, s.status, a.n, a.first_at, a.last_at
+            RETURNING s.id, s.study_fk, s.num_instances, s.status, a.n, a.first_at, a.last_at,
+                      s.last_received_at AS series_last
         ), study_added AS (
             SELECT study_fk, min(first_at) AS first_at, max(last_at) AS last_at
             FROM upd WHERE n > 0 GROUP BY study_fk
@@ -290,9 +282,12 @@ async def _fold(
                   GROUP BY patient_fk) AS x
             WHERE p.id = x.patient_fk
         )
-        SELECT id, num_instances, status FROM upd
+        SELECT id, num_instances, status, n, series_last FROM upd
         """,
-        [ids, reasons, counts, sizes, firsts, lasts],
+        [ids, counts, sizes, firsts, lasts],
     )
     for row in await cur.fetchall():
-        out.states[int(row[0])] = SeriesState(int(row[1]), str(row[2]))  # type: ignore[call-overload]
+        series_id = int(row[0])  # type: ignore[call-overload]
+        out.states[series_id] = SeriesState(int(row[1]), str(row[2]))  # type: ignore[call-overload]
+        out.added[series_id] = int(row[3])  # type: ignore[call-overload]
+        out.last_received_at[series_id] = row[4]  # type: ignore[assignment]

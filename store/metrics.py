@@ -6,13 +6,46 @@ tests, never share counters. Labels are bounded enums; no patient data ever appe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from seriesflow.store.completion import Completion
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 CONFLICT_KINDS = ("instance_in_other_series", "study_patient_mismatch", "series_study_mismatch")
+
+# Seconds from a series' last instance to its COMPLETE commit: the idle wait (seconds to
+# minutes) dominates, so the buckets span 0.1 s .. 1 h.
+_COMPLETION_DELAY_BUCKETS = (
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2,
+    3,
+    5,
+    7.5,
+    10,
+    15,
+    20,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+)
+# Seconds from an event's commit to its delivery to a watcher.
+_DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+COMPLETION_REASONS = ("idle", "released", "hold_expired")
+# completion_version as a bounded label: a first completion, a second (one reopen), more.
+COMPLETION_VERSIONS = ("1", "2", "3+")
+EVENT_KINDS = ("created", "instances_added", "completed", "reopened")
 
 AUTH_SCOPES = ("read", "write")
 AUTH_REJECTION_REASONS = (
@@ -85,7 +118,57 @@ class StoreMetrics:
             ["scope", "reason"],
             registry=r,
         )
+        self.completions = Counter(
+            "seriesflow_store_series_completions_total",
+            "Series that became COMPLETE, by reason and completion version (1 = first "
+            "completion; 2 and 3+ follow reopens)",
+            ["reason", "version"],
+            registry=r,
+        )
+        self.completion_delay = Histogram(
+            "seriesflow_store_completion_delay_seconds",
+            "Time from a series' last received instance to its COMPLETE commit",
+            buckets=_COMPLETION_DELAY_BUCKETS,
+            registry=r,
+        )
+        self.events_written = Counter(
+            "seriesflow_store_series_events_total",
+            "Series events written to the event log, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.holds_expired = Counter(
+            "seriesflow_store_holds_expired_total",
+            "Receiver holds on a series that expired unrenewed (receiver gone or cut off)",
+            registry=r,
+        )
+        self.events_pruned = Counter(
+            "seriesflow_store_events_pruned_total",
+            "Events deleted from the event log by retention",
+            registry=r,
+        )
+        self.watchers = Gauge(
+            "seriesflow_store_watchers", "Open WatchSeries streams on this store", registry=r
+        )
+        self.watch_lag = Gauge(
+            "seriesflow_store_watch_lag_events",
+            "Events committed to the log that a watcher has not been sent yet, by the "
+            "consumer name it gave (unnamed watchers share one series: the largest lag)",
+            ["consumer"],
+            registry=r,
+        )
+        self.event_delivery = Histogram(
+            "seriesflow_store_event_delivery_seconds",
+            "Time from an event's commit to its sending to a watcher that was caught up",
+            buckets=_DELIVERY_BUCKETS,
+            registry=r,
+        )
         # Pre-create every label value so dashboards see zeros, not missing series.
+        for reason in COMPLETION_REASONS:
+            for version in COMPLETION_VERSIONS:
+                self.completions.labels(reason=reason, version=version)
+        for kind in EVENT_KINDS:
+            self.events_written.labels(kind=kind)
         for result in ("ok", "invalid", "unavailable"):
             self.updates.labels(result=result)
         for result in ("new", "duplicate", "conflict"):
@@ -95,6 +178,20 @@ class StoreMetrics:
         for scope in AUTH_SCOPES:
             for reason in AUTH_REJECTION_REASONS:
                 self.auth_rejections.labels(scope=scope, reason=reason)
+
+    def record_decisions(
+        self, completions: Iterable[Completion], events: Mapping[str, int], holds_expired: int
+    ) -> None:
+        """Count what a committed transaction decided (store.completion)."""
+        for done in completions:
+            version = str(done.version) if done.version < 3 else "3+"
+            self.completions.labels(reason=done.reason.lower(), version=version).inc()
+            if done.delay_seconds is not None:
+                self.completion_delay.observe(done.delay_seconds)
+        for kind, count in events.items():
+            self.events_written.labels(kind=kind.lower()).inc(count)
+        if holds_expired:
+            self.holds_expired.inc(holds_expired)
 
     def watch_pool(self, stats: Callable[[], dict[str, int]]) -> None:
         """Read pool gauges from `stats` (psycopg_pool's get_stats) at scrape time."""

@@ -25,7 +25,7 @@ from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
 
 from seriesflow import settings
-from seriesflow.store import reflection
+from seriesflow.store import completion, reflection, watch
 from seriesflow.store.auth import Authenticator, AuthInterceptor
 from seriesflow.store.config import StoreConfig
 from seriesflow.store.database import Database, create_pool, resolve_url
@@ -56,6 +56,7 @@ class RunningStore:
     draining: asyncio.Event
     _httpd: WSGIServer
     _probe: asyncio.Task[None] | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: bool = field(default=False)
 
     async def stop(self) -> None:
@@ -68,6 +69,9 @@ class RunningStore:
         await self.server.stop(self.config.shutdown_grace)
         if self._probe is not None:
             self._probe.cancel()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.db.close()
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -180,9 +184,11 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
         config.max_instances_per_update,
         config.stream_max_inflight,
     )
-    server.add_generic_rpc_handlers(
-        (generic_handler(SeriesStoreServicer(Shared(db, metrics, limits, draining))),)
-    )
+    policy = completion.Policy(hold_seconds=config.hold_timeout)
+    signal = watch.EventSignal(db.url)
+    watchers = watch.Watchers(db, signal, metrics, draining, config.event_retention)
+    shared = Shared(db, metrics, limits, draining, policy)
+    server.add_generic_rpc_handlers((generic_handler(SeriesStoreServicer(shared, watchers)),))
     health = _Health()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable(
@@ -221,6 +227,14 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
     metrics.database_up.set(1 if store.db.up else 0)
     await _set_health(health, SERVING if store.db.up else NOT_SERVING)
     store._probe = asyncio.create_task(_probe_forever(store))
+    store._background = [
+        asyncio.create_task(signal.run()),
+        asyncio.create_task(completion.sweep_forever(db, policy, metrics)),
+    ]
+    if config.event_retention:
+        store._background.append(
+            asyncio.create_task(watch.prune_forever(db, metrics, config.event_retention))
+        )
     _log.info(
         "store serving",
         extra={

@@ -21,6 +21,7 @@ from seriesflow.store.errors import DatabaseUnavailable, StoreError
 from seriesflow.store.grpc_status import GRPC_STATUS
 from seriesflow.store.stream import Shared, StreamSession
 from seriesflow.store.validation import decode_update
+from seriesflow.store.watch import Watchers, WatchRefused
 from seriesflow.v1 import series_store_pb2 as pb
 
 _log = logging.getLogger(__name__)
@@ -39,9 +40,10 @@ class UndecodableRequest:
 class SeriesStoreServicer:
     """StoreSeries plus the query RPCs; dependencies come in through the constructor."""
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: Shared, watchers: Watchers) -> None:
         self._shared = shared
         self._db = shared.db
+        self._watchers = watchers
 
     def StoreSeries(
         self, requests: AsyncIterator[Any], context: Context
@@ -80,6 +82,15 @@ class SeriesStoreServicer:
     async def GetAttributes(self, request: pb.GetAttributesRequest, context: Context) -> Message:
         return await self._query(attributes.get_attributes, request, context)
 
+    async def WatchSeries(
+        self, request: pb.WatchSeriesRequest, context: Context
+    ) -> AsyncIterator[pb.SeriesEvent]:
+        try:
+            async for event in self._watchers.stream(request):
+                yield event
+        except WatchRefused as exc:
+            await context.abort(exc.code, str(exc))
+
 
 def _decoder(message_class: type[Message]) -> Callable[[bytes], Any]:
     def decode(data: bytes) -> Any:
@@ -100,6 +111,18 @@ def _guarded(fn: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any, Con
     return behaviour
 
 
+def _guarded_stream(
+    fn: Callable[[Any, Context], AsyncIterator[Any]],
+) -> Callable[[Any, Context], AsyncIterator[Any]]:
+    async def behaviour(request: Any, context: Context) -> AsyncIterator[Any]:
+        if isinstance(request, UndecodableRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        async for item in fn(request, context):
+            yield item
+
+    return behaviour
+
+
 def generic_handler(servicer: Any) -> grpc.GenericRpcHandler:
     """Handlers for every method of the SeriesStore service found on `servicer`."""
     service = pb.DESCRIPTOR.services_by_name["SeriesStore"]
@@ -112,6 +135,11 @@ def generic_handler(servicer: Any) -> grpc.GenericRpcHandler:
         if method.name == "StoreSeries":
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
                 behaviour, decode_update, response.SerializeToString
+            )
+        elif method.server_streaming:
+            request = getattr(pb, method.input_type.name)
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _guarded_stream(behaviour), _decoder(request), response.SerializeToString
             )
         else:
             request = getattr(pb, method.input_type.name)

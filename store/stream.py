@@ -27,11 +27,19 @@ from typing import Any
 import grpc
 
 from seriesflow.store import ingest
+from seriesflow.store.completion import Policy
 from seriesflow.store.database import Database
 from seriesflow.store.errors import DatabaseUnavailable, RejectedData, StoreError
 from seriesflow.store.grpc_status import GRPC_STATUS, TRANSIENT
+from seriesflow.store.ingest import Item
 from seriesflow.store.metrics import StoreMetrics
-from seriesflow.store.validation import InvalidUpdate, UndecodableUpdate, ValidUpdate, validate
+from seriesflow.store.validation import (
+    InvalidUpdate,
+    UndecodableUpdate,
+    ValidHold,
+    ValidUpdate,
+    validate,
+)
 from seriesflow.store.vocabulary import STATUS_TO_PB
 from seriesflow.v1 import series_store_pb2 as pb
 
@@ -58,6 +66,7 @@ class Shared:
     metrics: StoreMetrics
     limits: Limits
     draining: asyncio.Event  # set at SIGTERM: no new streams, open ones wind down
+    policy: Policy
 
 
 @dataclass
@@ -85,6 +94,7 @@ class StreamSession:
         self._metrics = shared.metrics
         self._limits = limits = shared.limits
         self._draining = shared.draining
+        self._policy = shared.policy
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * limits.batch_max_updates)
         # Also bound what is buffered by instances, not only by updates: a few huge updates
         # must not pile up in memory while the database is slow.
@@ -211,7 +221,7 @@ class StreamSession:
             self._outbox.put_nowait(_Abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN))
         self._outbox.put_nowait(_END)
 
-    def _start(self, updates: list[ValidUpdate]) -> None:
+    def _start(self, updates: list[Item]) -> None:
         before = {t for u in updates if (t := self._series_tail.get(u.series_uid)) is not None}
         task = asyncio.create_task(self._commit(updates, before))
         self._inflight.add(task)
@@ -227,7 +237,7 @@ class StreamSession:
 
         task.add_done_callback(finished)
 
-    async def _commit(self, updates: list[ValidUpdate], before: set[asyncio.Task[None]]) -> None:
+    async def _commit(self, updates: list[Item], before: set[asyncio.Task[None]]) -> None:
         if before:  # an earlier batch holds one of these series: keep stream order
             await asyncio.gather(*before, return_exceptions=True)
         try:
@@ -248,7 +258,7 @@ class StreamSession:
         for ack in self._acks(updates, result):
             self._outbox.put_nowait(ack)
 
-    async def _commit_alone(self, update: ValidUpdate) -> None:
+    async def _commit_alone(self, update: Item) -> None:
         try:
             result = await self._transaction([update])
         except RejectedData as exc:
@@ -262,11 +272,11 @@ class StreamSession:
         for ack in self._acks([update], result):
             self._outbox.put_nowait(ack)
 
-    async def _transaction(self, updates: list[ValidUpdate]) -> ingest.BatchResult:
+    async def _transaction(self, updates: list[Item]) -> ingest.BatchResult:
         if not self._db.up:
             raise DatabaseUnavailable("PostgreSQL is unavailable (health probe failing)")
         start = time.perf_counter()
-        result = await self._db.run(lambda conn: ingest.merge(conn, updates))
+        result = await self._db.run(lambda conn: ingest.merge(conn, updates, self._policy))
         self._metrics.transaction_seconds.observe(time.perf_counter() - start)
         return result
 
@@ -283,9 +293,10 @@ class StreamSession:
         return ack, item.received_at
 
     def _acks(
-        self, updates: list[ValidUpdate], result: ingest.BatchResult
+        self, updates: list[Item], result: ingest.BatchResult
     ) -> list[tuple[pb.SeriesAck, float]]:
         m = self._metrics
+        m.record_decisions(result.completions, result.events, result.holds_expired)
         m.instances.labels(result="new").inc(result.new)
         m.instances.labels(result="duplicate").inc(result.duplicate)
         m.instances.labels(result="conflict").inc(
@@ -296,13 +307,13 @@ class StreamSession:
         m.updates.labels(result="ok").inc(len(updates))
         acks = []
         for update in updates:
-            state = result.series[update.series_uid]
-            ack = pb.SeriesAck(
-                update_id=update.update_id,
-                ok=True,
-                num_instances=state.num_instances,
-                status=STATUS_TO_PB[state.status],
-            )
+            ack = pb.SeriesAck(update_id=update.update_id, ok=True)
+            # A hold may name a series with no instance stored yet: no count, no status.
+            if (state := result.series.get(update.series_uid)) is not None:
+                ack.num_instances = state.num_instances
+                ack.status = STATUS_TO_PB[state.status]
+            if isinstance(update, ValidHold):
+                ack.hold_seconds = self._policy.hold_seconds
             acks.append((ack, update.received_at))
         return acks
 

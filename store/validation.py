@@ -128,10 +128,15 @@ class ValidUpdate:
     fallbacks: list[str]
     instances: Instances
     received_at: float  # monotonic time the store read it, for the ack latency metric
+    sequence: int = 0  # SeriesUpdate.receiver_sequence
 
     @property
     def series_uid(self) -> str:
         return str(self.series["series_instance_uid"])
+
+    @property
+    def receiver_id(self) -> str:
+        return str(self.series["receiver_id"])
 
     @property
     def study_uid(self) -> str:
@@ -140,6 +145,17 @@ class ValidUpdate:
     @property
     def patient_key(self) -> tuple[str, str]:
         return str(self.patient["patient_id"]), str(self.patient["issuer_of_patient_id"])
+
+
+@dataclass(frozen=True)
+class ValidHold:
+    """A validated hold report (SeriesUpdate.holding): no instances, only who holds what."""
+
+    update_id: str
+    series_uid: str
+    receiver_id: str
+    sequence: int
+    received_at: float
 
 
 def decode_update(data: bytes) -> pb.SeriesUpdate | UndecodableUpdate:
@@ -289,11 +305,18 @@ def _holds_nul(value: object) -> bool:
     return False
 
 
-def validate(update: pb.SeriesUpdate, *, received_at: float, max_instances: int) -> ValidUpdate:
-    """The normalised update, or InvalidUpdate naming the first offending field."""
+def validate(
+    update: pb.SeriesUpdate, *, received_at: float, max_instances: int
+) -> ValidUpdate | ValidHold:
+    """The normalised update or hold report, or InvalidUpdate naming the first offending
+    field."""
     if not update.update_id.strip():
         raise InvalidUpdate("update_id", "is required and was empty")
     update_id = _text(update.update_id, "update_id")
+    if update.receiver_sequence < 0:
+        raise InvalidUpdate("receiver_sequence", f"{update.receiver_sequence} is negative")
+    if update.holding:
+        return _hold(update, update_id, received_at)
     p, st, se, src = update.patient, update.study, update.series, update.source
     series_uid = _uid(se.series_instance_uid, "series.series_instance_uid", required=True)
     study_uid = _uid(st.study_instance_uid, "study.study_instance_uid", required=True)
@@ -339,6 +362,24 @@ def validate(update: pb.SeriesUpdate, *, received_at: float, max_instances: int)
         header_json=_header(update.representative_header_json),
         fallbacks=fallbacks,
         instances=_instances(update, now_us=time.time_ns() // 1000),
+        received_at=received_at,
+        sequence=update.receiver_sequence,
+    )
+
+
+def _hold(update: pb.SeriesUpdate, update_id: str, received_at: float) -> ValidHold:
+    if update.instances:
+        raise InvalidUpdate(
+            "instances", "a hold report (holding=true) carries no instances; send them apart"
+        )
+    series_uid = _uid(
+        update.series.series_instance_uid, "series.series_instance_uid", required=True
+    )
+    return ValidHold(
+        update_id=update_id,
+        series_uid=series_uid,
+        receiver_id=_text(update.source.receiver_id, "source.receiver_id"),
+        sequence=update.receiver_sequence,
         received_at=received_at,
     )
 

@@ -3,8 +3,7 @@
 
 Each map is written once, here; its inverse is derived. The texts are exactly those the
 CHECK constraints series_status_known and series_completion_reason_known allow
-(migrations/versions/0001); the merge SQL in store.instances writes them too, since the
-completion rule runs in PostgreSQL. tests/store/test_vocabulary.py checks every enum value
+(migrations/versions/0001, 0003). tests/store/test_vocabulary.py checks every enum value
 against these maps and the maps against the schema.
 
 SERIES_STATUS_UNSPECIFIED has no text: a stored series is RECEIVING or COMPLETE, and in a
@@ -29,5 +28,6 @@ REASON_TO_PB: Final[dict[str, pb.CompletionReason]] = {
     "IDLE": pb.COMPLETION_REASON_IDLE,
     "RELEASED": pb.COMPLETION_REASON_RELEASED,
     "MAX_AGE": pb.COMPLETION_REASON_MAX_AGE,
+    "HOLD_EXPIRED": pb.COMPLETION_REASON_HOLD_EXPIRED,
 }
 REASON_FROM_PB: Final = {value: text for text, value in REASON_TO_PB.items()}

@@ -11,6 +11,7 @@ import pytest
 from st_harness import make_update, uid
 
 from seriesflow.store import errors
+from seriesflow.store.completion import Policy
 from seriesflow.store.grpc_status import GRPC_STATUS, TRANSIENT
 from seriesflow.store.metrics import StoreMetrics
 from seriesflow.store.stream import Limits, Shared, StreamSession
@@ -74,6 +75,7 @@ async def _stream_end(error: errors.StoreError) -> _Context:
         metrics=StoreMetrics(),
         limits=Limits(batch_max_updates=8, batch_max_instances=64, max_instances_per_update=64),
         draining=asyncio.Event(),
+        policy=Policy(hold_seconds=300),
     )
 
     async def requests() -> AsyncIterator[pb.SeriesUpdate]:
