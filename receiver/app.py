@@ -48,7 +48,10 @@ class Receiver:
         self.metrics = ReceiverMetrics()
         self.spool = Spool(config.spool_dir, config.spool_max_bytes)
         self.tracker = Tracker(
-            config.series_idle_timeout, config.series_released_grace, config.series_max_age
+            config.series_idle_timeout,
+            config.series_released_grace,
+            config.series_max_age,
+            adaptive=config.adaptive_idle(),
         )
         self.client = client.StoreClient(
             config.store_address,
@@ -62,7 +65,9 @@ class Receiver:
             ),
             token_file=config.store_token_file,
         )
-        self.flusher = Flusher(self.spool, self.tracker, self.client, self.metrics)
+        self.flusher = Flusher(
+            self.spool, self.tracker, self.client, self.metrics, config.receiver_id
+        )
         self.intake = Intake(
             self.spool,
             self.tracker,

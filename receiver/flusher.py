@@ -6,6 +6,11 @@ stream. The acks thread takes the updates the store settled off the client's `se
 queue and retires their spool entries (ok) or moves them to the dead letters (INVALID):
 an entry leaves the spool only once the store has answered for it (contract 1).
 
+Every series group the tracker opens is also reported to the store as a hold (and renewed
+while it stays open, every third of the hold time the store's acks announce), so the store,
+which decides completion across all receivers, waits for this one (contract 3). Holds are
+not spooled: after a restart the recovered groups are reported again.
+
 A step whose spool write fails (a full disk, an I/O error: after the instances were
 acknowledged) is never dropped: assigning a series to an update, re-sending an update
 recovered at start, retiring acked entries and keeping a rejected update aside are each
@@ -28,10 +33,14 @@ from seriesflow.receiver.client import Pending, StoreClient
 from seriesflow.receiver.held import SPOOL_FAILURES, Attempt, HeldSteps
 from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.receiver.spool import DeadLetter, Entry, Spool
-from seriesflow.receiver.tracker import Flush, Tracker
+from seriesflow.receiver.tracker import Flush, Hold, Tracker
 from seriesflow.v1 import series_store_pb2 as pb
 
 _log = logging.getLogger(__name__)
+
+# Renewal interval of holds until the store's first ack says how long a hold lasts (a third
+# of its default SERIESFLOW_HOLD_TIMEOUT).
+_RENEW_AFTER = 100.0
 
 _KIND_NAMES = {
     pb.AckError.KIND_UNSPECIFIED: "unspecified",
@@ -59,10 +68,13 @@ class Flusher:
         tracker: Tracker,
         client: StoreClient,
         metrics: ReceiverMetrics,
+        receiver_id: str = "",
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
     ) -> None:
         self.spool = spool
+        self.receiver_id = receiver_id
+        self.renew_after = _RENEW_AFTER
         self.tracker = tracker
         self.client = client
         self.metrics = metrics
@@ -112,6 +124,9 @@ class Flusher:
             self.tracker.changed.clear()
             self.held.run_due(self._stopping)
             self._probe_if_failing()
+            # Holds first: a group's hold must reach the stream before its flush does.
+            for hold in self.tracker.holds_due(self.renew_after):
+                self._report_hold(hold)
             for flush in self.tracker.due():
                 try:
                     self._flush(flush)
@@ -155,6 +170,17 @@ class Flusher:
             for uid, entries in assigned.items()
         ]
         self._send("resend", parts)
+
+    def _report_hold(self, hold: Hold) -> None:
+        update = pb.SeriesUpdate(
+            update_id=uuid.uuid4().hex,
+            holding=True,
+            series=pb.SeriesAttributes(series_instance_uid=hold.series_uid),
+            source=pb.Source(receiver_id=self.receiver_id),
+            receiver_sequence=hold.first_seq,
+        )
+        self.metrics.hold_reports.inc()
+        self._submit(Pending(update, None))
 
     def _flush(self, flush: Flush) -> None:
         self.metrics.series_flushed.labels(reason=flush.reason.value).inc()
@@ -216,6 +242,7 @@ class Flusher:
             )
             return
         update = updates.merge(part.update_id, payloads, part.completion)
+        update.receiver_sequence = max(part.seqs)
         if (size := update.ByteSize()) > updates.STORE_MESSAGE_LIMIT:
             # Intake refuses instances whose record could grow this large; a spool written
             # before that check could still hold one. Sending it would break the stream at
@@ -235,7 +262,9 @@ class Flusher:
     def _take_acks(self) -> None:
         while (settled := self.client.settled.get()) is not None:
             try:
-                if settled.ack.ok:
+                if settled.pending.update.holding:
+                    self._hold_settled(settled.ack)
+                elif settled.ack.ok:
                     self._retire(settled.pending, settled.ack)
                 else:
                     self._dead_letter(settled.pending, settled.ack)
@@ -245,6 +274,18 @@ class Flusher:
                     "recording an ack in the spool failed",
                     extra={"fields": {"update_id": settled.ack.update_id}},
                 )
+
+    def _hold_settled(self, ack: pb.SeriesAck) -> None:
+        """A hold is in no spool entry: its ack only tells how often to renew holds."""
+        if ack.ok:
+            if ack.hold_seconds > 0:
+                self.renew_after = max(1.0, ack.hold_seconds / 3)
+            return
+        _log.warning(
+            "store refused a hold report; the series may complete before this receiver "
+            "has flushed it (a later instance then reopens it)",
+            extra={"fields": {"field": ack.error.field, "error": ack.error.message}},
+        )
 
     def _retire(self, pending: Pending, ack: pb.SeriesAck) -> None:
         if pending.last_instance_wall is not None:

@@ -53,6 +53,11 @@ class ReceiverMetrics:
             "Dataset bytes received in C-STORE requests",
             registry=r,
         )
+        self.hold_reports = Counter(
+            "seriesflow_receiver_hold_reports_total",
+            "Hold reports sent to the store (a series open here, reported or renewed)",
+            registry=r,
+        )
         self.series_flushed = Counter(
             "seriesflow_receiver_series_flushed",
             "Series groups flushed to the store, by completion reason",

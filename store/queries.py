@@ -49,7 +49,8 @@ SERIES_SELECT = """
            st.study_description, st.accession_number, s.body_part_examined, s.manufacturer,
            s.manufacturer_model_name, s.station_name, s.institution_name, s.series_date,
            s.protocol_name, s.source_ae_title, s.receiver_id, s.completion_reason,
-           s.completed_at, s.total_size_bytes, s.text_decoding_fallbacks
+           s.completed_at, s.total_size_bytes, s.text_decoding_fallbacks,
+           s.completion_version, s.completion_detail
     FROM series s
     JOIN studies st ON st.id = s.study_fk
     JOIN patients p ON p.id = s.patient_fk
@@ -122,6 +123,8 @@ def series_message(r: Row) -> pb.Series:
         completed_at=_ts(r["completed_at"]),
         total_size_bytes=r["total_size_bytes"],
         text_decoding_fallbacks=r["text_decoding_fallbacks"],
+        completion_version=r["completion_version"],
+        completion_detail=r["completion_detail"],
     )
 
 

@@ -49,7 +49,7 @@ def delivery(tmp_path: Path) -> Iterator[tuple[Spool, StandInClient, Flusher]]:
     spool.open()
     tracker = Tracker(idle_timeout=0.05, released_grace=0.05, max_age=600)
     client = StandInClient()
-    flusher = Flusher(spool, tracker, client, ReceiverMetrics())  # type: ignore[arg-type]
+    flusher = Flusher(spool, tracker, client, ReceiverMetrics(), "rx-test")  # type: ignore[arg-type]
     record = pb.SeriesUpdate(
         series=pb.SeriesAttributes(series_instance_uid=SERIES),
         instances=[pb.Instance(sop_instance_uid=f"{SERIES}.1")],
@@ -62,11 +62,42 @@ def delivery(tmp_path: Path) -> Iterator[tuple[Spool, StandInClient, Flusher]]:
     spool.close()
 
 
+def first_update(client: StandInClient) -> Pending:
+    """The series' update, after the hold report that must come before it."""
+    hold = client.submitted.get(timeout=5).update
+    assert hold.holding and not hold.instances
+    assert (hold.series.series_instance_uid, hold.source.receiver_id) == (SERIES, "rx-test")
+    pending = client.submitted.get(timeout=5)
+    assert not pending.update.holding
+    # The update's position covers the hold's: the store closes this receiver's hold.
+    assert pending.update.receiver_sequence >= hold.receiver_sequence > 0
+    return pending
+
+
+def test_a_series_is_reported_held_before_its_update_is_sent(
+    delivery: tuple[Spool, StandInClient, Flusher],
+) -> None:
+    _, client, _ = delivery
+    assert first_update(client).update.completion_reason == pb.COMPLETION_REASON_RELEASED
+
+
+def test_a_hold_ack_sets_the_renewal_interval_and_retires_nothing(
+    delivery: tuple[Spool, StandInClient, Flusher],
+) -> None:
+    spool, client, flusher = delivery
+    hold = client.submitted.get(timeout=5)
+    client.settled.put(
+        Settled(hold, pb.SeriesAck(update_id=hold.update.update_id, ok=True, hold_seconds=30))
+    )
+    wait_for(lambda: flusher.renew_after == 10.0)
+    assert spool.stats()[0] == 1 and spool.count_dead_letters() == 0
+
+
 def test_a_sent_update_stays_in_the_spool_until_the_store_acks_it(
     delivery: tuple[Spool, StandInClient, Flusher],
 ) -> None:
     spool, client, _ = delivery
-    pending = client.submitted.get(timeout=5)
+    pending = first_update(client)
     time.sleep(0.2)
     assert spool.stats()[0] == 1  # sent, not yet acked: still pending
 
@@ -80,7 +111,7 @@ def test_an_update_rejected_as_invalid_becomes_a_dead_letter_with_the_reason(
     delivery: tuple[Spool, StandInClient, Flusher],
 ) -> None:
     spool, client, _ = delivery
-    pending = client.submitted.get(timeout=5)
+    pending = first_update(client)
     error = pb.AckError(kind=pb.AckError.KIND_INVALID, field="series.modality", message="bad")
 
     client.settled.put(
