@@ -33,9 +33,15 @@ class StoreProcess:
     """`seriesflow store` in a child process: migrate, then serve on a fixed free port."""
 
     def __init__(
-        self, database_url: str, data_dir: Path, tls: dict[str, Path] | None = None
+        self,
+        database_url: str,
+        data_dir: Path,
+        tls: dict[str, Path] | None = None,
+        **settings_: str,
     ) -> None:
-        """`tls`: {"cert", "key", "client_ca", "ca"} paths for TLS (client_ca: mutual)."""
+        """`tls`: {"cert", "key", "client_ca", "ca"} paths for TLS (client_ca: mutual);
+        `settings_`: more settings by name, e.g. hold_timeout="4"."""
+        self.settings = {f"SERIESFLOW_{k.upper()}": v for k, v in settings_.items()}
         self.database_url = database_url
         self.data_dir = data_dir
         self.tls = tls
@@ -56,6 +62,7 @@ class StoreProcess:
             SERIESFLOW_SHUTDOWN_GRACE="2",
             SERIESFLOW_LOG_LEVEL="WARNING",
         )
+        env.update(self.settings)
         if self.tls:
             env.update(
                 SERIESFLOW_GRPC_TLS_CERT=str(self.tls["cert"]),
