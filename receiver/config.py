@@ -8,6 +8,7 @@ from pathlib import Path
 
 from seriesflow import settings
 from seriesflow.receiver import admission, contexts
+from seriesflow.receiver.tracker import Adaptive
 from seriesflow.settings import setting
 
 
@@ -19,6 +20,31 @@ def _non_negative_seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError("expected a number of seconds, 0 or more, e.g. 2 or 0.5")
     return value
+
+
+COMPLETION_MODES = ("fixed", "adaptive")
+
+
+def _completion_mode(text: str) -> str:
+    if text.strip().lower() not in COMPLETION_MODES:
+        raise ValueError(f"expected one of {', '.join(COMPLETION_MODES)}")
+    return text.strip().lower()
+
+
+def _multiplier(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number, 1 or more, e.g. 4 or 2.5") from None
+    # Below 1 the wait would be shorter than the series' own usual gap: it would complete
+    # between two of its instances.
+    if not value >= 1 or value == float("inf"):
+        raise ValueError("expected a number, 1 or more, e.g. 4 or 2.5")
+    return value
+
+
+def _optional_positive_seconds(text: str) -> float | None:
+    return settings.positive_seconds(text) if text.strip() else None
 
 
 def _optional_path(value: str) -> Path | None:
@@ -56,12 +82,40 @@ class ReceiverConfig:
         "localhost:50051", settings.host_port, "host:port of the store's gRPC service"
     )
     series_idle_timeout: float = setting(
-        "10", settings.positive_seconds, "a series with no new instance for this long is complete"
+        "10",
+        settings.positive_seconds,
+        "a series with no new instance for this long is complete (fixed mode); adaptive: the "
+        "wait until a series has a second instance, and the longest unless "
+        "SERIESFLOW_SERIES_IDLE_MAX",
     )
     series_released_grace: float = setting(
         "2",
         _non_negative_seconds,
         "shorter idle wait once every association that carried the series was released",
+    )
+    series_completion_mode: str = setting(
+        "adaptive",
+        _completion_mode,
+        "fixed: a series is idle after SERIESFLOW_SERIES_IDLE_TIMEOUT; adaptive: after a wait "
+        "learned from the gaps between its instances and the pauses its sender made before "
+        "(SERIESFLOW_SERIES_IDLE_MULTIPLIER, _MIN, _MAX)",
+    )
+    series_idle_multiplier: float = setting(
+        "4",
+        _multiplier,
+        "adaptive: the idle wait is this times the series' smoothed gap plus 4 deviations, "
+        "and at least 1.5 times the longest pause known of the series and its sender",
+    )
+    series_idle_min: float = setting(
+        "3",
+        settings.positive_seconds,
+        "adaptive: shortest idle wait (never below SERIESFLOW_SERIES_RELEASED_GRACE)",
+    )
+    series_idle_max: float | None = setting(
+        "",
+        _optional_positive_seconds,
+        "adaptive: longest idle wait; empty: SERIESFLOW_SERIES_IDLE_TIMEOUT (a shortest wait "
+        "above it then gives way to it)",
     )
     series_max_age: float = setting(
         "600", settings.positive_seconds, "a series receiving for longer is flushed in parts"
@@ -177,6 +231,12 @@ class ReceiverConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.series_idle_max is not None and self.series_idle_min > self.series_idle_max:
+            raise settings.ConfigError(
+                f"SERIESFLOW_SERIES_IDLE_MIN={self.series_idle_min:g} is above "
+                f"SERIESFLOW_SERIES_IDLE_MAX={self.series_idle_max:g}: the shortest idle wait "
+                "must not exceed the longest"
+            )
         if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
             raise settings.ConfigError(
                 "SERIESFLOW_DICOM_TLS_CERT and SERIESFLOW_DICOM_TLS_KEY must be set together"
@@ -189,6 +249,17 @@ class ReceiverConfig:
             raise settings.ConfigError(
                 "SERIESFLOW_STORE_TLS_CERT needs SERIESFLOW_STORE_TLS_CA (mTLS implies TLS)"
             )
+
+    def adaptive_idle(self) -> Adaptive | None:
+        """The tracker's adaptive idle wait, or None in fixed mode."""
+        if self.series_completion_mode != "adaptive":
+            return None
+        # Unset, the longest wait is the fixed timeout, and a shortest wait above it (the
+        # default 3 s against a 0.5 s timeout in a test) gives way to it rather than failing.
+        max_idle = (
+            self.series_idle_timeout if self.series_idle_max is None else self.series_idle_max
+        )
+        return Adaptive(self.series_idle_multiplier, min(self.series_idle_min, max_idle), max_idle)
 
     @property
     def spool_dir(self) -> Path:
