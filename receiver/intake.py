@@ -201,6 +201,7 @@ class Intake:
             association,
             representative,
             received,
+            calling,
         )
 
 
@@ -264,13 +265,21 @@ class Committing:
     association: int
     representative: bool
     received: float
+    calling: str  # the sender's AE title: the tracker learns each sender's pauses
 
     def complete(self) -> Answer:
         try:
             seq = self.committed.result()
         except SpoolError as exc:
             return _spool_refusal(self.metrics, exc)
-        self.tracker.add(self.series_uid, seq, self.association, self.representative, self.received)
+        self.tracker.add(
+            self.series_uid,
+            seq,
+            self.association,
+            self.representative,
+            self.received,
+            sender=self.calling,
+        )
         self.metrics.instances.labels(status="success", reason="stored").inc()
         return Answer(SUCCESS)
 

@@ -214,11 +214,21 @@ def _banner(
         [
             "seriesflow is running (Ctrl-C to stop)",
             f"  DICOM   {receiver_config.ae_title} @ {receiver_host}:{receiver_config.dicom_port}"
-            f"  (series complete after {receiver_config.series_idle_timeout:g} s idle)",
+            f"  ({_completion_text(receiver_config)})",
             f"  gRPC    {grpc_address}   grpcurl -plaintext {grpc_address} list",
             f"  metrics http://{store_host}:{store_config.store_metrics_port}/metrics (store)",
             f"          http://{receiver_host}:{receiver_config.receiver_metrics_port}/metrics"
             " (receiver)",
             f"  data    {database_line}; spool in {receiver_config.data_dir / 'spool'}",
         ]
+    )
+
+
+def _completion_text(config: ReceiverConfig) -> str:
+    adaptive = config.adaptive_idle()
+    if adaptive is None:
+        return f"series complete after {config.series_idle_timeout:g} s idle"
+    return (
+        f"series complete after an idle wait adapted to each sender, "
+        f"{adaptive.min_idle:g}-{adaptive.max_idle:g} s"
     )

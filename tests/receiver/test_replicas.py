@@ -54,7 +54,7 @@ def cluster(
             receiver_id=f"rx-{n}",
             series_idle_timeout=str(IDLE_TIMEOUT),
             series_released_grace="0.3",
-            completion_mode="fixed",
+            series_completion_mode="fixed",
         )
         for n in range(2)
     ]
