@@ -207,6 +207,9 @@ class Watchers:
         self._draining = draining
         self._retention = retention_seconds
         self._consumers: Tally[str] = Tally()
+        # Unfiltered reads of the log's head in flight, by position: watchers that are
+        # caught up wake together at each commit and share one query (filters applied here).
+        self._head_reads: dict[int, asyncio.Task[events.Page]] = {}
 
     async def stream(self, request: pb.WatchSeriesRequest) -> AsyncIterator[pb.SeriesEvent]:
         """The events for `request`; raises WatchRefused to end the call with a status."""
@@ -221,9 +224,12 @@ class Watchers:
             live = asked.after is None
             while True:
                 wake = self._signal.current()
-                page = await self._run(
-                    lambda conn, p=position: events.read(conn, p, PAGE_SPAN, asked.filters)
-                )
+                if live:
+                    page = _matching(await self._read_head(position), asked.filters)
+                else:
+                    page = await self._run(
+                        lambda conn, p=position: events.read(conn, p, PAGE_SPAN, asked.filters)
+                    )
                 if page.bounds.pruned_through > position:
                     raise self._pruned(position, page.bounds)
                 now = time.time()
@@ -251,6 +257,18 @@ class Watchers:
                 del self._consumers[asked.consumer]
                 with contextlib.suppress(KeyError):
                     self._metrics.watch_lag.remove(asked.consumer)
+
+    async def _read_head(self, position: int) -> events.Page:
+        task = self._head_reads.get(position)
+        if task is None:
+            task = asyncio.ensure_future(
+                self._run(lambda conn: events.read(conn, position, PAGE_SPAN, _EVERYTHING))
+            )
+            self._head_reads[position] = task
+            task.add_done_callback(lambda _: self._head_reads.pop(position, None))
+        # Shielded: one watcher leaving must not cancel the read the others wait for.
+        page: events.Page = await asyncio.shield(task)
+        return page
 
     async def _run(self, fn: Any) -> Any:
         try:
@@ -291,6 +309,21 @@ class Watchers:
             "the store is shutting down; reconnect (to another replica) and resume with "
             f"after_cursor={position}",
         )
+
+
+_EVERYTHING: Final = events.Filters((), "", "")
+
+
+def _matching(page: events.Page, filters: events.Filters) -> events.Page:
+    """`page` with only the rows `filters` match (the SQL read's filters, in Python)."""
+    rows = [
+        r
+        for r in page.rows
+        if (not filters.kinds or r["kind"] in filters.kinds)
+        and (not filters.modality or r["modality"] == filters.modality)
+        and (not filters.calling_ae_title or r["source_ae_title"] == filters.calling_ae_title)
+    ]
+    return events.Page(rows, page.end, page.bounds)
 
 
 async def prune_forever(db: Database, metrics: StoreMetrics, retention_seconds: int) -> None:
