@@ -2,16 +2,19 @@
 
 Debian's prometheus runs with the compose scrape configuration (targets localized, scraped
 every second) and the alert rules loaded. While store and receiver run with the chart's
-environment and a study is sent, every expression of every dashboard panel is queried
+environment and a study is sent (with a WatchSeries consumer connected, so the event feed's
+panels have a watcher to show), every expression of every dashboard panel is queried
 through the HTTP API and must return data; every alert rule must evaluate without error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -19,12 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 from conftest import free_port, require_tool
 from deploy_runtime import chart_source, http_json, http_status, list_series
 from deploy_stack import deployed, send_study, wait_for_catalog
 from deploy_support import ROOT, metric_names
+
+from seriesflow.v1 import series_store_pb2, series_store_pb2_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +39,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "seriesflow.json"
 # Grafana replaces $__rate_interval with at least four scrape intervals; a fixed window that
 # covers the whole ingest stands in for it here.
 RATE_INTERVAL = "2m"
+CONSUMER = "dashboard-test"
 
 
 def prometheus_config(local_port: Callable[[str], int], web_address: str) -> dict[str, Any]:
@@ -83,6 +90,32 @@ def running_prometheus(folder: Path, local_port: Callable[[str], int]) -> Iterat
         log.close()
 
 
+@contextmanager
+def watching(address: str, token: str | None) -> Iterator[list[series_store_pb2.SeriesEvent]]:
+    """A WatchSeries consumer named CONSUMER, from now on; yields the events it has read."""
+    metadata = None if token is None else [("authorization", f"Bearer {token}")]
+    received: list[series_store_pb2.SeriesEvent] = []
+    with grpc.insecure_channel(address) as channel:
+        stub = series_store_pb2_grpc.SeriesStoreStub(channel)
+        call = stub.WatchSeries(
+            series_store_pb2.WatchSeriesRequest(consumer=CONSUMER), metadata=metadata
+        )
+
+        def consume() -> None:
+            # Ends with an RpcError: cancelled at the end, or the store stopped.
+            with contextlib.suppress(grpc.RpcError):
+                for event in call:
+                    received.append(event)
+
+        thread = threading.Thread(target=consume, daemon=True)
+        thread.start()
+        try:
+            yield received
+        finally:
+            call.cancel()
+            thread.join(10)
+
+
 def query(url: str, expr: str) -> list[dict[str, Any]]:
     answer = http_json(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
     assert answer["status"] == "success", answer
@@ -122,35 +155,64 @@ def test_prometheus_scrapes_an_ingest_and_every_dashboard_panel_returns_data(
                     == {"seriesflow-store": "1", "seriesflow-receiver": "1", "prometheus": "1"}
                 ),
             )
-            ae_title = running.local("receiver", "SERIESFLOW_AE_TITLE")
-            expected = send_study(tmp_path / "dicom", running.dicom_port, ae_title, [4, 3, 2])
-            wait_for_catalog(running, expected)
-            # A finished unary RPC for the gRPC panels.
-            list_series(running.grpc_address, running.read_token)
-            total = sum(expected.values())
+            with watching(running.grpc_address, running.read_token) as events:
+                # The watch starts "from now": once the store counts it, it has its position.
+                wait_for(
+                    "the watcher on the store",
+                    lambda: (
+                        [r["value"][1] for r in query(url, "sum(seriesflow_store_watchers)")]
+                        == ["1"]
+                    ),
+                )
+                ae_title = running.local("receiver", "SERIESFLOW_AE_TITLE")
+                expected = send_study(tmp_path / "dicom", running.dicom_port, ae_title, [4, 3, 2])
+                wait_for_catalog(running, expected)
+                # A finished unary RPC for the gRPC panels.
+                list_series(running.grpc_address, running.read_token)
+                total = sum(expected.values())
 
-            def scraped_after_ingest() -> bool:
-                stored = query(url, 'sum(seriesflow_store_instances_total{result="new"})')
-                return bool(stored) and float(stored[0]["value"][1]) >= total
+                def completed() -> set[str]:
+                    done = series_store_pb2.SERIES_EVENT_KIND_COMPLETED
+                    return {e.series.series_instance_uid for e in events if e.kind == done}
 
-            wait_for("the ingest in Prometheus", scraped_after_ingest)
-            time.sleep(3)  # a few more scrapes, so every rate() has samples on both sides
+                wait_for("a COMPLETED event of each series", lambda: completed() == set(expected))
 
-            empty, not_finite = [], []
-            for title, expr in dashboard_expressions():
-                result = query(url, expr)
-                if not result:
-                    empty.append(f"{title}: {expr}")
-                elif not any(math.isfinite(float(r["value"][1])) for r in result):
-                    not_finite.append(f"{title}: {expr} -> {result}")
-            assert not empty, "panels without data:\n" + "\n".join(empty)
-            assert not not_finite, "panels with only NaN/Inf:\n" + "\n".join(not_finite)
+                def scraped_after_ingest() -> bool:
+                    stored = query(url, 'sum(seriesflow_store_instances_total{result="new"})')
+                    done = query(url, "sum(seriesflow_store_series_completions_total)")
+                    return (
+                        bool(stored)
+                        and float(stored[0]["value"][1]) >= total
+                        and float(done[0]["value"][1]) >= len(expected)
+                    )
+
+                wait_for("the ingest in Prometheus", scraped_after_ingest)
+                time.sleep(3)  # a few more scrapes, so every rate() has samples on both sides
+
+                empty, not_finite = [], []
+                for title, expr in dashboard_expressions():
+                    result = query(url, expr)
+                    if not result:
+                        empty.append(f"{title}: {expr}")
+                    elif not any(math.isfinite(float(r["value"][1])) for r in result):
+                        not_finite.append(f"{title}: {expr} -> {result}")
+                assert not empty, "panels without data:\n" + "\n".join(empty)
+                assert not not_finite, "panels with only NaN/Inf:\n" + "\n".join(not_finite)
+                lag = query(url, "seriesflow_store_watch_lag_events")
+                assert [r["metric"].get("consumer") for r in lag] == [CONSUMER]
+                delivered = len(events)
 
             # The numbers are the ingest's, not just present.
             received = query(url, 'sum(seriesflow_receiver_instances_total{status="success"})')
             assert float(received[0]["value"][1]) == total
             flushed = query(url, "sum(seriesflow_receiver_series_flushed_total)")
             assert float(flushed[0]["value"][1]) >= len(expected)
+            # Each series completed once, first time; every event the watcher read while
+            # caught up was timed.
+            firsts = query(url, 'sum(seriesflow_store_series_completions_total{version="1"})')
+            assert float(firsts[0]["value"][1]) == len(expected)
+            timed = query(url, "sum(seriesflow_store_event_delivery_seconds_count)")
+            assert float(timed[0]["value"][1]) >= delivered
             used = {name for _, expr in dashboard_expressions() for name in metric_names(expr)}
             exposed = {
                 r["metric"]["__name__"] for r in query(url, '{__name__=~"seriesflow_.*|grpc_.*"}')
