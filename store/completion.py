@@ -48,6 +48,10 @@ CLOSING_REASONS = frozenset({"IDLE", "RELEASED"})
 _NAMED_HOLDERS = 3
 # Series whose expired holds one sweep transaction closes.
 SWEEP_BATCH = 100
+# A closed hold is kept this long to recognise stale reports of its receiver (re-sent
+# after a reconnect: seconds to minutes late), then deleted so the table stays small.
+CLOSED_HOLD_KEEP_SECONDS = 86_400
+_FORGET_EVERY_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -403,11 +407,28 @@ async def _expire(conn: Connection, series_uids: list[str], policy: Policy) -> S
     return Swept(out, [(uid, r) for uid, rs in expired.items() for r in rs])
 
 
+async def forget_closed_holds(conn: Connection) -> int:
+    """Delete holds closed longer than CLOSED_HOLD_KEEP_SECONDS; returns how many."""
+    cur = await conn.execute(
+        "DELETE FROM series_holds WHERE NOT open"
+        " AND updated_at < now() - make_interval(secs => %s)",
+        [CLOSED_HOLD_KEEP_SECONDS],
+    )
+    return cur.rowcount
+
+
 async def sweep_forever(db: Database, policy: Policy, metrics: StoreMetrics) -> None:
     """Expire unrenewed holds until cancelled, checking every tenth of the hold time (at
     most every 5 s), so a hold ends at most ~10% after its deadline."""
     interval = max(0.2, min(5.0, policy.hold_seconds / 10))
+    next_forget = 0.0
     while True:
+        if (now := asyncio.get_running_loop().time()) >= next_forget:
+            next_forget = now + _FORGET_EVERY_SECONDS
+            try:
+                await db.run(forget_closed_holds)
+            except StoreError as exc:
+                _log.debug("closed holds not pruned", extra={"fields": {"error": str(exc)}})
         try:
             swept = await expire_holds(db, policy)
         except StoreError as exc:

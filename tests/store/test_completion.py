@@ -6,12 +6,14 @@ with real receivers and real DICOM.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 
 import grpc
+import psycopg
 import pytest
 from st_harness import (  # noqa: F401
     StoreThread,
@@ -24,6 +26,7 @@ from st_harness import (  # noqa: F401
     uid,
 )
 
+from seriesflow.store.completion import forget_closed_holds
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
@@ -290,3 +293,21 @@ def test_a_watcher_on_one_store_gets_events_committed_through_another(
     call.cancel()
     consumer.join(10)
     assert [e.series.series_instance_uid for e in got] == [series]
+
+
+def test_holds_closed_for_a_day_are_forgotten_and_open_ones_kept(migrated_url: str) -> None:
+    rows(
+        migrated_url,
+        "INSERT INTO series_holds (series_instance_uid, receiver_id, open, expires_at,"
+        " updated_at) VALUES ('1.2.1', 'old-closed', false, now(), now() - interval '2 days'),"
+        " ('1.2.2', 'old-open', true, now(), now() - interval '2 days'),"
+        " ('1.2.3', 'new-closed', false, now(), now()) RETURNING 1",
+    )
+
+    async def forget() -> int:
+        async with await psycopg.AsyncConnection.connect(migrated_url) as conn:
+            return await forget_closed_holds(conn)
+
+    assert asyncio.run(forget()) == 1
+    kept = rows(migrated_url, "SELECT receiver_id FROM series_holds ORDER BY 1")
+    assert kept == [("new-closed",), ("old-open",)]
