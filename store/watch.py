@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -72,6 +71,7 @@ class EventSignal:
         self._url = libpq_url(url)
         self._event = asyncio.Event()
         self.listening = False
+        self.log_end = 0  # the highest cursor a notification announced
 
     def current(self) -> asyncio.Event:
         """The event the next signal sets: take it before reading, wait on it after, and
@@ -103,7 +103,9 @@ class EventSignal:
                 self.listening = True
                 delay = 0.5
                 self._wake()  # anything committed while not listening is read now
-                async for _ in conn.notifies():
+                async for notice in conn.notifies():
+                    if notice.payload.isdigit():
+                        self.log_end = max(self.log_end, int(notice.payload))
                     self._wake()
             except (psycopg.Error, OSError) as exc:
                 _log.warning(
@@ -206,7 +208,10 @@ class Watchers:
         self._metrics = metrics
         self._draining = draining
         self._retention = retention_seconds
-        self._consumers: Tally[str] = Tally()
+        # Each open watch's consumer name and position; the lag gauge reads them at scrape
+        # time against the log's end, so a consumer that stopped reading shows its lag grow.
+        self._positions: dict[object, tuple[str, int]] = {}
+        self._log_end = 0
         # Unfiltered reads of the log's head in flight, by position: watchers that are
         # caught up wake together at each commit and share one query (filters applied here).
         self._head_reads: dict[int, asyncio.Task[events.Page]] = {}
@@ -215,12 +220,11 @@ class Watchers:
         """The events for `request`; raises WatchRefused to end the call with a status."""
         asked = parse_request(request)
         self._metrics.watchers.inc()
-        self._consumers[asked.consumer] += 1
-        lag = self._metrics.watch_lag.labels(consumer=asked.consumer)
-        position = asked.after
+        me = object()
         try:
             bounds = await self._run(events.bounds)
             position = self._start(asked.after, bounds)
+            self._track(me, asked.consumer, position, bounds.last_cursor)
             live = asked.after is None
             while True:
                 wake = self._signal.current()
@@ -240,8 +244,9 @@ class Watchers:
                             max(0.0, now - row["occurred_at"].timestamp())
                         )
                     yield message
+                    self._track(me, asked.consumer, row["cursor"], page.bounds.last_cursor)
                 position = page.end
-                lag.set(page.bounds.last_cursor - position)
+                self._track(me, asked.consumer, position, page.bounds.last_cursor)
                 if position < page.bounds.last_cursor:
                     continue  # more to replay
                 live = True
@@ -252,11 +257,25 @@ class Watchers:
                     raise self._shutting_down(position)
         finally:
             self._metrics.watchers.dec()
-            self._consumers[asked.consumer] -= 1
-            if self._consumers[asked.consumer] <= 0:
-                del self._consumers[asked.consumer]
+            self._positions.pop(me, None)
+            if all(name != asked.consumer for name, _ in self._positions.values()):
                 with contextlib.suppress(KeyError):
                     self._metrics.watch_lag.remove(asked.consumer)
+
+    def _track(self, watch: object, consumer: str, position: int, log_end: int) -> None:
+        first = all(name != consumer for name, _ in self._positions.values())
+        self._positions[watch] = (consumer, position)
+        self._log_end = max(self._log_end, log_end)
+        if first:
+            self._metrics.watch_lag.labels(consumer=consumer).set_function(
+                lambda: self._lag(consumer)
+            )
+
+    def _lag(self, consumer: str) -> float:
+        """Events committed that this consumer's furthest-behind watch was not yet sent."""
+        end = max(self._log_end, self._signal.log_end)
+        behind = [end - p for name, p in self._positions.values() if name == consumer]
+        return float(max(behind, default=0))
 
     async def _read_head(self, position: int) -> events.Page:
         task = self._head_reads.get(position)

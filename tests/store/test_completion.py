@@ -311,3 +311,34 @@ def test_holds_closed_for_a_day_are_forgotten_and_open_ones_kept(migrated_url: s
     assert asyncio.run(forget()) == 1
     kept = rows(migrated_url, "SELECT receiver_id FROM series_holds ORDER BY 1")
     assert kept == [("new-closed",), ("old-open",)]
+
+
+def test_a_consumer_that_stops_reading_shows_its_lag_growing(running_store: StoreThread) -> None:
+    ch = running_store.channel()
+    series = [uid() for _ in range(400)]
+    # 1,200 events of ~20 kB each: more than gRPC buffers for a reader that does not read.
+    send(ch, [make_update(s, [f"{s}.1"], series_description="x" * 20_000) for s in series])
+    stub = pb_grpc.SeriesStoreStub(running_store.channel())
+    call = stub.WatchSeries(pb.WatchSeriesRequest(after_cursor="0", consumer="stalled"))
+    next(call)  # then reads nothing more: flow control stops the store mid-replay
+
+    def lag() -> float:
+        for line in running_store.metrics_text().splitlines():
+            if line.startswith('seriesflow_store_watch_lag_events{consumer="stalled"}'):
+                return float(line.rsplit(" ", 1)[1])
+        return -1.0
+
+    time.sleep(1.0)
+    assert lag() > 900
+    more = uid()
+    before = lag()
+    send(ch, [make_update(more, [f"{more}.1"])])
+    deadline = time.monotonic() + 10
+    while lag() < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lag() >= before + 3  # new commits count against it although it reads nothing
+    call.cancel()
+    deadline = time.monotonic() + 10
+    while lag() != -1.0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lag() == -1.0  # gone with its last watch
