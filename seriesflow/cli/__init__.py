@@ -7,6 +7,8 @@
     seriesflow migrate     schema to head
     seriesflow send PATH…  C-STORE files to a receiver
     seriesflow echo        C-ECHO a receiver
+    seriesflow watch [--after CURSOR] [--kind KIND] [--exec CMD]
+                           the store's series events as JSON lines (WatchSeries)
 
 Every setting is an environment variable SERIESFLOW_NAME and a flag --name; the flag wins.
 """
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from seriesflow import __version__, logs, settings
 from seriesflow.cli.scu import SenderConfig, add_send_arguments
+from seriesflow.cli.watch import WatchConfig, add_watch_arguments
 
 if TYPE_CHECKING:
     from seriesflow.receiver.config import ReceiverConfig
@@ -74,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     echo = commands.add_parser("echo", help="C-ECHO a receiver")
     settings.add_flags(echo, SenderConfig)
+
+    watch = commands.add_parser(
+        "watch",
+        help="print the store's series events as JSON lines; run a command per completed series",
+        description="Print the store's series events (WatchSeries) as JSON lines, in cursor"
+        " order; resume with --after the last cursor printed.",
+        epilog="Exit status: 0 after SIGTERM, 130 after SIGINT, 1 when --exec CMD failed,"
+        " 2 when the store refused the watch (bad or pruned cursor, credentials).",
+    )
+    add_watch_arguments(watch)
     return parser
 
 
@@ -96,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     store_cls, receiver_cls = _config_classes()
+    if args.command == "watch":
+        from seriesflow.cli import watch
+
+        watch_config = settings.load(WatchConfig, args=args)
+        logs.configure("WARNING")
+        return watch.watch(watch_config, watch.options_from_args(args))
     if args.command in ("send", "echo"):
         from seriesflow.cli import scu
 
