@@ -161,6 +161,14 @@ STORE_METRICS = {
     "seriesflow_store_merge_conflicts_total": "counter",
     "seriesflow_store_database_up": "gauge",
     "seriesflow_store_auth_rejections_total": "counter",
+    "seriesflow_store_series_completions_total": "counter",
+    "seriesflow_store_completion_delay_seconds": "histogram",
+    "seriesflow_store_series_events_total": "counter",
+    "seriesflow_store_holds_expired_total": "counter",
+    "seriesflow_store_events_pruned_total": "counter",
+    "seriesflow_store_watchers": "gauge",
+    "seriesflow_store_watch_lag_events": "gauge",
+    "seriesflow_store_event_delivery_seconds": "histogram",
     "grpc_server_started_total": "counter",
     "grpc_server_handled_total": "counter",
     "grpc_server_handling_seconds": "histogram",
@@ -178,6 +186,7 @@ RECEIVER_METRICS = {
     "seriesflow_receiver_store_connected": "gauge",
     "seriesflow_receiver_series_ack_latency_seconds": "histogram",
     "seriesflow_receiver_dead_letters": "gauge",
+    "seriesflow_receiver_hold_reports_total": "counter",
 }
 
 
