@@ -106,20 +106,22 @@ class SeriesAttributes(_message.Message):
     def __init__(self, series_instance_uid: _Optional[str] = ..., modality: _Optional[str] = ..., series_number: _Optional[int] = ..., series_description: _Optional[str] = ..., body_part_examined: _Optional[str] = ..., manufacturer: _Optional[str] = ..., manufacturer_model_name: _Optional[str] = ..., station_name: _Optional[str] = ..., institution_name: _Optional[str] = ..., series_date: _Optional[str] = ..., series_time: _Optional[str] = ..., protocol_name: _Optional[str] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("sop_instance_uid", "sop_class_uid", "instance_number", "transfer_syntax_uid", "size_bytes", "received_at")
+    __slots__ = ("sop_instance_uid", "sop_class_uid", "instance_number", "transfer_syntax_uid", "size_bytes", "received_at", "slice_position")
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     SOP_CLASS_UID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_SYNTAX_UID_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    SLICE_POSITION_FIELD_NUMBER: _ClassVar[int]
     sop_instance_uid: str
     sop_class_uid: str
     instance_number: int
     transfer_syntax_uid: str
     size_bytes: int
     received_at: _timestamp_pb2.Timestamp
-    def __init__(self, sop_instance_uid: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., instance_number: _Optional[int] = ..., transfer_syntax_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    slice_position: float
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., instance_number: _Optional[int] = ..., transfer_syntax_uid: _Optional[str] = ..., size_bytes: _Optional[int] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., slice_position: _Optional[float] = ...) -> None: ...
 
 class Source(_message.Message):
     __slots__ = ("calling_ae_title", "called_ae_title", "receiver_id")
@@ -132,7 +134,7 @@ class Source(_message.Message):
     def __init__(self, calling_ae_title: _Optional[str] = ..., called_ae_title: _Optional[str] = ..., receiver_id: _Optional[str] = ...) -> None: ...
 
 class SeriesUpdate(_message.Message):
-    __slots__ = ("update_id", "patient", "study", "series", "instances", "source", "completion_reason", "representative_header_json", "text_decoding_fallbacks", "holding", "receiver_sequence")
+    __slots__ = ("update_id", "patient", "study", "series", "instances", "source", "completion_reason", "representative_header_json", "text_decoding_fallbacks", "holding", "receiver_sequence", "representative_sop_instance_uid", "preview")
     UPDATE_ID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_FIELD_NUMBER: _ClassVar[int]
     STUDY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +146,8 @@ class SeriesUpdate(_message.Message):
     TEXT_DECODING_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     HOLDING_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATIVE_SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
     update_id: str
     patient: PatientAttributes
     study: StudyAttributes
@@ -155,7 +159,9 @@ class SeriesUpdate(_message.Message):
     text_decoding_fallbacks: _containers.RepeatedScalarFieldContainer[str]
     holding: bool
     receiver_sequence: int
-    def __init__(self, update_id: _Optional[str] = ..., patient: _Optional[_Union[PatientAttributes, _Mapping]] = ..., study: _Optional[_Union[StudyAttributes, _Mapping]] = ..., series: _Optional[_Union[SeriesAttributes, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., completion_reason: _Optional[_Union[CompletionReason, str]] = ..., representative_header_json: _Optional[str] = ..., text_decoding_fallbacks: _Optional[_Iterable[str]] = ..., holding: _Optional[bool] = ..., receiver_sequence: _Optional[int] = ...) -> None: ...
+    representative_sop_instance_uid: str
+    preview: SeriesPreview
+    def __init__(self, update_id: _Optional[str] = ..., patient: _Optional[_Union[PatientAttributes, _Mapping]] = ..., study: _Optional[_Union[StudyAttributes, _Mapping]] = ..., series: _Optional[_Union[SeriesAttributes, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., completion_reason: _Optional[_Union[CompletionReason, str]] = ..., representative_header_json: _Optional[str] = ..., text_decoding_fallbacks: _Optional[_Iterable[str]] = ..., holding: _Optional[bool] = ..., receiver_sequence: _Optional[int] = ..., representative_sop_instance_uid: _Optional[str] = ..., preview: _Optional[_Union[SeriesPreview, _Mapping]] = ...) -> None: ...
 
 class SeriesAck(_message.Message):
     __slots__ = ("update_id", "ok", "num_instances", "status", "error", "hold_seconds")
@@ -190,7 +196,7 @@ class AckError(_message.Message):
     def __init__(self, kind: _Optional[_Union[AckError.Kind, str]] = ..., field: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Series(_message.Message):
-    __slots__ = ("series_instance_uid", "study_instance_uid", "patient_id", "patient_name", "modality", "series_number", "series_description", "num_instances", "status", "first_received_at", "last_received_at", "study_date", "study_description", "accession_number", "body_part_examined", "manufacturer", "manufacturer_model_name", "station_name", "institution_name", "series_date", "protocol_name", "source_ae_title", "receiver_id", "completion_reason", "completed_at", "total_size_bytes", "text_decoding_fallbacks", "issuer_of_patient_id", "completion_version", "completion_detail")
+    __slots__ = ("series_instance_uid", "study_instance_uid", "patient_id", "patient_name", "modality", "series_number", "series_description", "num_instances", "status", "first_received_at", "last_received_at", "study_date", "study_description", "accession_number", "body_part_examined", "manufacturer", "manufacturer_model_name", "station_name", "institution_name", "series_date", "protocol_name", "source_ae_title", "receiver_id", "completion_reason", "completed_at", "total_size_bytes", "text_decoding_fallbacks", "issuer_of_patient_id", "completion_version", "completion_detail", "representative_sop_instance_uid")
     SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +227,7 @@ class Series(_message.Message):
     ISSUER_OF_PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_VERSION_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATIVE_SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     series_instance_uid: str
     study_instance_uid: str
     patient_id: str
@@ -251,7 +258,8 @@ class Series(_message.Message):
     issuer_of_patient_id: str
     completion_version: int
     completion_detail: str
-    def __init__(self, series_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., patient_id: _Optional[str] = ..., patient_name: _Optional[str] = ..., modality: _Optional[str] = ..., series_number: _Optional[int] = ..., series_description: _Optional[str] = ..., num_instances: _Optional[int] = ..., status: _Optional[_Union[SeriesStatus, str]] = ..., first_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., study_date: _Optional[str] = ..., study_description: _Optional[str] = ..., accession_number: _Optional[str] = ..., body_part_examined: _Optional[str] = ..., manufacturer: _Optional[str] = ..., manufacturer_model_name: _Optional[str] = ..., station_name: _Optional[str] = ..., institution_name: _Optional[str] = ..., series_date: _Optional[str] = ..., protocol_name: _Optional[str] = ..., source_ae_title: _Optional[str] = ..., receiver_id: _Optional[str] = ..., completion_reason: _Optional[_Union[CompletionReason, str]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_size_bytes: _Optional[int] = ..., text_decoding_fallbacks: _Optional[_Iterable[str]] = ..., issuer_of_patient_id: _Optional[str] = ..., completion_version: _Optional[int] = ..., completion_detail: _Optional[str] = ...) -> None: ...
+    representative_sop_instance_uid: str
+    def __init__(self, series_instance_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., patient_id: _Optional[str] = ..., patient_name: _Optional[str] = ..., modality: _Optional[str] = ..., series_number: _Optional[int] = ..., series_description: _Optional[str] = ..., num_instances: _Optional[int] = ..., status: _Optional[_Union[SeriesStatus, str]] = ..., first_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., study_date: _Optional[str] = ..., study_description: _Optional[str] = ..., accession_number: _Optional[str] = ..., body_part_examined: _Optional[str] = ..., manufacturer: _Optional[str] = ..., manufacturer_model_name: _Optional[str] = ..., station_name: _Optional[str] = ..., institution_name: _Optional[str] = ..., series_date: _Optional[str] = ..., protocol_name: _Optional[str] = ..., source_ae_title: _Optional[str] = ..., receiver_id: _Optional[str] = ..., completion_reason: _Optional[_Union[CompletionReason, str]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_size_bytes: _Optional[int] = ..., text_decoding_fallbacks: _Optional[_Iterable[str]] = ..., issuer_of_patient_id: _Optional[str] = ..., completion_version: _Optional[int] = ..., completion_detail: _Optional[str] = ..., representative_sop_instance_uid: _Optional[str] = ...) -> None: ...
 
 class Study(_message.Message):
     __slots__ = ("study_instance_uid", "patient_id", "patient_name", "study_date", "study_time", "study_description", "accession_number", "study_id", "referring_physician_name", "modalities", "num_series", "num_instances", "first_received_at", "last_received_at", "issuer_of_patient_id")
@@ -412,6 +420,40 @@ class ListPatientsResponse(_message.Message):
     patients: _containers.RepeatedCompositeFieldContainer[Patient]
     next_page_token: str
     def __init__(self, patients: _Optional[_Iterable[_Union[Patient, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SeriesPreview(_message.Message):
+    __slots__ = ("series_instance_uid", "sop_instance_uid", "png", "width", "height", "frame", "window", "window_center", "window_width", "failure_reason", "failure_detail", "rendered_at")
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_CENTER_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RENDERED_AT_FIELD_NUMBER: _ClassVar[int]
+    series_instance_uid: str
+    sop_instance_uid: str
+    png: bytes
+    width: int
+    height: int
+    frame: int
+    window: str
+    window_center: float
+    window_width: float
+    failure_reason: str
+    failure_detail: str
+    rendered_at: _timestamp_pb2.Timestamp
+    def __init__(self, series_instance_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., png: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame: _Optional[int] = ..., window: _Optional[str] = ..., window_center: _Optional[float] = ..., window_width: _Optional[float] = ..., failure_reason: _Optional[str] = ..., failure_detail: _Optional[str] = ..., rendered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetSeriesPreviewRequest(_message.Message):
+    __slots__ = ("series_instance_uid",)
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    series_instance_uid: str
+    def __init__(self, series_instance_uid: _Optional[str] = ...) -> None: ...
 
 class GetAttributesRequest(_message.Message):
     __slots__ = ("series_instance_uid", "attributes")

@@ -75,6 +75,11 @@ class SeriesStoreStub:
                 request_serializer=seriesflow_dot_v1_dot_series__store__pb2.WatchSeriesRequest.SerializeToString,
                 response_deserializer=seriesflow_dot_v1_dot_series__store__pb2.SeriesEvent.FromString,
                 _registered_method=True)
+        self.GetSeriesPreview = channel.unary_unary(
+                '/seriesflow.v1.SeriesStore/GetSeriesPreview',
+                request_serializer=seriesflow_dot_v1_dot_series__store__pb2.GetSeriesPreviewRequest.SerializeToString,
+                response_deserializer=seriesflow_dot_v1_dot_series__store__pb2.SeriesPreview.FromString,
+                _registered_method=True)
 
 
 class SeriesStoreServicer:
@@ -127,7 +132,8 @@ class SeriesStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAttributes(self, request, context):
-        """GetAttributes answers attributes of a series' representative header by keyword or tag.
+        """GetAttributes answers attributes of a series' representative header (that of the
+        series' middle instance, Series.representative_sop_instance_uid) by keyword or tag.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +147,16 @@ class SeriesStoreServicer:
         OUT_OF_RANGE when events after after_cursor were pruned by retention (resync from
         ListSeries, then resume from the cursor the error names) or when after_cursor is
         beyond the log's end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSeriesPreview(self, request, context):
+        """GetSeriesPreview returns the series' preview: a PNG of its representative instance
+        (see Series.representative_sop_instance_uid), or why there is none. NOT_FOUND when the
+        series is unknown; a series whose preview is not rendered yet answers with an empty
+        png and failure_reason "pending".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,6 +204,11 @@ def add_SeriesStoreServicer_to_server(servicer, server):
                     servicer.WatchSeries,
                     request_deserializer=seriesflow_dot_v1_dot_series__store__pb2.WatchSeriesRequest.FromString,
                     response_serializer=seriesflow_dot_v1_dot_series__store__pb2.SeriesEvent.SerializeToString,
+            ),
+            'GetSeriesPreview': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSeriesPreview,
+                    request_deserializer=seriesflow_dot_v1_dot_series__store__pb2.GetSeriesPreviewRequest.FromString,
+                    response_serializer=seriesflow_dot_v1_dot_series__store__pb2.SeriesPreview.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +428,33 @@ class SeriesStore:
             '/seriesflow.v1.SeriesStore/WatchSeries',
             seriesflow_dot_v1_dot_series__store__pb2.WatchSeriesRequest.SerializeToString,
             seriesflow_dot_v1_dot_series__store__pb2.SeriesEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSeriesPreview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seriesflow.v1.SeriesStore/GetSeriesPreview',
+            seriesflow_dot_v1_dot_series__store__pb2.GetSeriesPreviewRequest.SerializeToString,
+            seriesflow_dot_v1_dot_series__store__pb2.SeriesPreview.FromString,
             options,
             channel_credentials,
             insecure,
