@@ -229,6 +229,27 @@ def test_sigint_ends_the_watch_with_130(
     assert "Traceback" not in w.stderr()
 
 
+def test_sigterm_during_exec_waits_for_the_command_and_prints_its_event(
+    running_store: StoreThread, watches: Callable[..., WatchProcess], tmp_path: Path
+) -> None:
+    s = completed_series(running_store.channel())
+    started, release = tmp_path / "started", tmp_path / "release"
+    command = f"cat > /dev/null; touch {started}; while [ ! -e {release} ]; do sleep 0.05; done"
+    w = watches(running_store.address, "--after", "0", "--kind", "completed", "--exec", command)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline and w.proc.poll() is None, w.stderr()
+        time.sleep(0.05)
+    w.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # not a timing assertion: the watch must still be waiting for the command
+    assert w.proc.poll() is None, "the watch left before its command finished"
+    release.touch()
+    assert w.wait() == 0
+    [event] = w.rest()
+    assert completes(s)(event)
+    assert f"resume with --after {event['cursor']}" in w.stderr()
+
+
 def test_kind_completed_prints_only_completed_events(
     running_store: StoreThread, watches: Callable[..., WatchProcess]
 ) -> None:
