@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 from types import FrameType
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from pydicom import config as pydicom_config
 
@@ -27,11 +27,15 @@ from seriesflow.receiver.flusher import Flusher
 from seriesflow.receiver.health import HealthServer
 from seriesflow.receiver.incoming import Incoming
 from seriesflow.receiver.intake import Intake
+from seriesflow.receiver.kept import KeptFiles
 from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.receiver.server import DicomServer
 from seriesflow.receiver.spool import Spool
 from seriesflow.receiver.tls import tls_context
 from seriesflow.receiver.tracker import Tracker
+
+if TYPE_CHECKING:
+    from seriesflow.receiver.previews import Previewer
 
 _log = logging.getLogger(__name__)
 
@@ -65,8 +69,16 @@ class Receiver:
             ),
             token_file=config.store_token_file,
         )
+        self.kept = KeptFiles(config.spool_dir / "kept")
+        self.previewer = self._previewer() if config.previews else None
         self.flusher = Flusher(
-            self.spool, self.tracker, self.client, self.metrics, config.receiver_id
+            self.spool,
+            self.tracker,
+            self.client,
+            self.metrics,
+            config.receiver_id,
+            kept=self.kept,
+            previewer=self.previewer,
         )
         self.intake = Intake(
             self.spool,
@@ -75,9 +87,25 @@ class Receiver:
             config.ae_title,
             config.receiver_id,
             Incoming(config.spool_dir / "incoming", config.max_instance_bytes),
+            self.kept,
         )
         self.dicom: DicomServer | None = None
         self.health: HealthServer | None = None
+
+    def _previewer(self) -> Previewer:
+        from seriesflow.receiver.previews import Previewer  # numpy, pydicom's decoders
+
+        config = self.config
+        return Previewer(
+            self.spool,
+            self.kept,
+            self.metrics,
+            config.receiver_id,
+            lambda update: self.flusher.submit_report(update),
+            max_side=config.preview_size,
+            workers=config.preview_workers,
+            timeout=config.preview_timeout,
+        )
 
     @property
     def dicom_port(self) -> int:
@@ -92,8 +120,18 @@ class Receiver:
     def start(self) -> None:
         recovered = self.spool.open()
         self.intake.incoming.open()  # files a crash left were never acknowledged
+        jobs = self.spool.preview_jobs()
+        if self.previewer is None:  # previews were turned off: forget what is left
+            for job in jobs:
+                self.spool.finish_preview_job(job.seq).result()
+            jobs = []
+        # Files of pending entries may still represent their series; those of jobs wait
+        # for their render; any other was left by a crash after its group was flushed.
+        self.kept.open({e.seq for e in recovered} | {j.seq for j in jobs})
         self.metrics.dead_letters.set(self.spool.count_dead_letters())
         self.flusher.start(recovered)
+        if self.previewer is not None:
+            self.previewer.start(jobs)
         self._start_dicom()
         self.health = HealthServer(
             self.config.listen_host,
@@ -154,6 +192,8 @@ class Receiver:
 
     def stop(self) -> None:
         self._stop_dicom()
+        if self.previewer is not None:
+            self.previewer.stop()  # an unrendered preview stays a job for the next start
         self.flusher.stop(_STREAM_DRAIN_SECONDS)
         self.spool.close()
         if self.health is not None:

@@ -65,6 +65,13 @@ def _user_identity_file(text: str) -> Path | None:
     return path
 
 
+def _preview_size(text: str) -> int:
+    value = settings.positive_int(text)
+    if not 16 <= value <= 2048:
+        raise ValueError("expected 16 to 2048 (pixels of a preview's longest side)")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class ReceiverConfig:
     """Everything the receiver reads at start; see `seriesflow receiver --help`."""
@@ -119,6 +126,23 @@ class ReceiverConfig:
     )
     series_max_age: float = setting(
         "600", settings.positive_seconds, "a series receiving for longer is flushed in parts"
+    )
+    previews: bool = setting(
+        "true",
+        settings.boolean,
+        "render a PNG preview of each series' representative (middle) instance, in worker "
+        "processes after the instances are acknowledged",
+    )
+    preview_size: int = setting(
+        "256", _preview_size, "longest side of a preview in pixels (16 to 2048)"
+    )
+    preview_workers: int = setting(
+        "1", settings.positive_int, "worker processes rendering previews (each one at a time)"
+    )
+    preview_timeout: float = setting(
+        "60",
+        settings.positive_seconds,
+        "seconds one preview may take; a slower render is stopped and recorded as failed",
     )
     max_associations: int = setting(
         "32", settings.positive_int, "concurrent DICOM associations accepted"

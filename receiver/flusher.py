@@ -27,14 +27,19 @@ import logging
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
 
-from seriesflow.receiver import updates
+from seriesflow.receiver import header, record, representative, updates
 from seriesflow.receiver.client import Pending, StoreClient
 from seriesflow.receiver.held import SPOOL_FAILURES, Attempt, HeldSteps
+from seriesflow.receiver.kept import KeptFiles
 from seriesflow.receiver.metrics import ReceiverMetrics
-from seriesflow.receiver.spool import DeadLetter, Entry, Spool
+from seriesflow.receiver.spool import DeadLetter, Entry, PreviewJob, Spool
 from seriesflow.receiver.tracker import Flush, Hold, Tracker
 from seriesflow.v1 import series_store_pb2 as pb
+
+if TYPE_CHECKING:  # only with previews on does the receiver load the renderer
+    from seriesflow.receiver.previews import Previewer
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +62,17 @@ class _Part:
     completion: int
     last_instance_wall: float | None
     update_id: str | None = None
+    # The group's representative (its middle instance): header JSON and SOP UID, carried by
+    # the group's last part. None: the header of the records (their first instance's).
+    representative: tuple[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Representative:
+    seq: int
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    header_json: str
 
 
 class Flusher:
@@ -71,9 +87,13 @@ class Flusher:
         receiver_id: str = "",
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
+        kept: KeptFiles | None = None,
+        previewer: Previewer | None = None,
     ) -> None:
         self.spool = spool
         self.receiver_id = receiver_id
+        self.kept = kept
+        self.previewer = previewer
         self.renew_after = _RENEW_AFTER
         self.tracker = tracker
         self.client = client
@@ -171,6 +191,10 @@ class Flusher:
         ]
         self._send("resend", parts)
 
+    def submit_report(self, update: pb.SeriesUpdate) -> None:
+        """Queue a report that is in no spool entry (a preview) behind the updates."""
+        self._submit(Pending(update, None))
+
     def _report_hold(self, hold: Hold) -> None:
         update = pb.SeriesUpdate(
             update_id=uuid.uuid4().hex,
@@ -184,6 +208,7 @@ class Flusher:
 
     def _flush(self, flush: Flush) -> None:
         self.metrics.series_flushed.labels(reason=flush.reason.value).inc()
+        chosen = self._representative(flush)
         chunks = updates.chunks(flush.seqs)
         parts = [
             # Only the last part carries the completion reason; earlier parts are partial.
@@ -197,6 +222,8 @@ class Flusher:
             )
             for index, seqs in enumerate(chunks)
         ]
+        if chosen is not None and chosen.header_json:
+            parts[-1].representative = (chosen.header_json, chosen.sop_instance_uid)
         _log.debug(
             "series flushed",
             extra={
@@ -208,6 +235,56 @@ class Flusher:
             },
         )
         self._send("assign", parts)
+        self._schedule_preview(flush, chosen)
+
+    def _representative(self, flush: Flush) -> _Representative | None:
+        """The group's middle instance among those whose file was kept, with its header."""
+        if self.kept is None:
+            return None
+        found = {}
+        for seq, payload in self.spool.records(flush.seqs).items():
+            instances = pb.SeriesUpdate.FromString(payload).instances
+            if instances:
+                found[seq] = instances[0]
+        available = [seq for seq in found if self.kept.has(seq)]
+        if not available:
+            return None
+        seq = representative.middle(found, available)
+        instance = found[seq]
+        try:
+            parsed = header.parse_file(
+                self.kept.path(seq), instance.transfer_syntax_uid, instance.size_bytes
+            )
+            header_json = record.representative_header(parsed)
+        except (header.HeaderError, OSError):
+            header_json = ""
+        return _Representative(
+            seq, instance.sop_instance_uid, instance.transfer_syntax_uid, header_json
+        )
+
+    def _schedule_preview(self, flush: Flush, chosen: _Representative | None) -> None:
+        """Keep the representative's file for its preview; delete the group's others."""
+        if self.kept is None:
+            return
+        keep = None
+        if chosen is not None and self.previewer is not None:
+            job = PreviewJob(
+                chosen.seq,
+                flush.series_uid,
+                chosen.sop_instance_uid,
+                chosen.transfer_syntax_uid,
+                time.time(),
+            )
+            try:
+                self.spool.add_preview_job(job)
+                keep = chosen.seq
+                self.previewer.schedule(job)
+            except SPOOL_FAILURES as exc:
+                _log.warning(
+                    "a preview could not be recorded; the series goes without",
+                    extra={"fields": {"series": flush.series_uid, "error": str(exc)}},
+                )
+        self.kept.drop(seq for seq in flush.seqs if seq != keep)
 
     def _send(self, step: str, parts: list[_Part]) -> None:
         """Send each part; from the first the spool fails on, hold the rest for retry.
@@ -243,6 +320,10 @@ class Flusher:
             return
         update = updates.merge(part.update_id, payloads, part.completion)
         update.receiver_sequence = max(part.seqs)
+        if part.representative is not None:
+            update.representative_header_json, update.representative_sop_instance_uid = (
+                part.representative
+            )
         if (size := update.ByteSize()) > updates.STORE_MESSAGE_LIMIT:
             # Intake refuses instances whose record could grow this large; a spool written
             # before that check could still hold one. Sending it would break the stream at
@@ -264,6 +345,9 @@ class Flusher:
             try:
                 if settled.pending.update.holding:
                     self._hold_settled(settled.ack)
+                elif settled.pending.update.HasField("preview"):
+                    if self.previewer is not None:
+                        self.previewer.settled(settled.ack.update_id, settled.ack.ok)
                 elif settled.ack.ok:
                     self._retire(settled.pending, settled.ack)
                 else:

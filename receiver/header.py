@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import os
 import re
 import zlib
@@ -303,6 +304,23 @@ def integer(header: ParsedHeader, keyword: str) -> int | None:
     if number is None or not -(2**31) <= number < 2**31:
         return None
     return number
+
+
+def slice_position(header: ParsedHeader) -> float | None:
+    """ImagePositionPatient along the slice normal (the cross product of
+    ImageOrientationPatient's row and column directions), in mm; None when either is
+    absent or not numbers. Orders the slices of a stack whatever their InstanceNumber."""
+    try:
+        position = [float(v) for v in _get(header.dataset, "ImagePositionPatient") or ()]
+        orientation = [float(v) for v in _get(header.dataset, "ImageOrientationPatient") or ()]
+    except (TypeError, ValueError):
+        return None
+    if len(position) != 3 or len(orientation) != 6:
+        return None
+    (rx, ry, rz), (cx, cy, cz) = orientation[:3], orientation[3:]
+    normal = (ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx)
+    value = sum(p * n for p, n in zip(position, normal, strict=True))
+    return value if math.isfinite(value) else None
 
 
 def charset_fallback(header: ParsedHeader) -> None:

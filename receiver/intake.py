@@ -10,6 +10,7 @@ the instance (contract 1).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -20,6 +21,7 @@ from typing import Literal
 from seriesflow.receiver import header, record
 from seriesflow.receiver.header import HeaderError, HeaderReason
 from seriesflow.receiver.incoming import Incoming, IncomingFile
+from seriesflow.receiver.kept import KeptFiles
 from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.receiver.spool import Spool, SpoolError, SpoolFull
 from seriesflow.receiver.tracker import Tracker
@@ -98,6 +100,7 @@ class Intake:
     ae_title: str
     receiver_id: str
     incoming: Incoming
+    kept: KeptFiles | None = None  # where accepted instances' files wait for their flush
     _open: set[int] = dataclasses.field(default_factory=set)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -202,6 +205,8 @@ class Intake:
             representative,
             received,
             calling,
+            instance if self.kept is not None else None,
+            self.kept,
         )
 
 
@@ -266,12 +271,19 @@ class Committing:
     representative: bool
     received: float
     calling: str  # the sender's AE title: the tracker learns each sender's pauses
+    instance: IncomingFile | None = None
+    kept: KeptFiles | None = None
 
     def complete(self) -> Answer:
         try:
             seq = self.committed.result()
         except SpoolError as exc:
             return _spool_refusal(self.metrics, exc)
+        if self.instance is not None and self.kept is not None:
+            # The file may represent the series (receiver.previews); without it the series
+            # takes another instance's header, so a failed move costs nothing else.
+            with contextlib.suppress(OSError):
+                self.instance.keep(self.kept.path(seq))
         self.tracker.add(
             self.series_uid,
             seq,

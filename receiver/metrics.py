@@ -20,6 +20,8 @@ from prometheus_client import (
 # The `step` label of delivery_retries: assigning a series to an update, re-sending an
 # update recovered at start, retiring acked entries, keeping a rejected update aside.
 DELIVERY_STEPS = ("assign", "resend", "retire", "dead_letter")
+# The `result` label of previews: rendered, or the reason of receiver.render.NotRendered.
+PREVIEW_RESULTS = ("rendered", "no_pixel_data", "undecodable", "unsupported", "too_large", "failed")
 _ACK_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600)
 
 
@@ -51,6 +53,19 @@ class ReceiverMetrics:
         self.received_bytes = Counter(
             "seriesflow_receiver_received_bytes",
             "Dataset bytes received in C-STORE requests",
+            registry=r,
+        )
+        self.previews = Counter(
+            "seriesflow_receiver_previews_total",
+            "Series previews rendered, or not rendered by reason (no_pixel_data, undecodable, "
+            "unsupported, too_large, failed)",
+            ["result"],
+            registry=r,
+        )
+        self.preview_render_seconds = Histogram(
+            "seriesflow_receiver_preview_render_seconds",
+            "Time to render one preview in a worker process",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
         self.hold_reports = Counter(
@@ -134,6 +149,8 @@ class ReceiverMetrics:
             self.series_flushed.labels(reason=reason)
         for result in ("accepted", "rejected"):
             self.associations.labels(result=result)
+        for result in PREVIEW_RESULTS:
+            self.previews.labels(result=result)
         for reason in (
             "abstract_syntax_not_supported",
             "transfer_syntaxes_not_supported",

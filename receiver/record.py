@@ -94,6 +94,7 @@ def build(
                     transfer_syntax_uid=parsed.transfer_syntax_uid,
                     size_bytes=parsed.size_bytes,
                     received_at=_timestamp(received_at),
+                    slice_position=header.slice_position(parsed),
                 )
             ],
             source=pb.Source(
@@ -110,6 +111,16 @@ def build(
             record.representative_header_json = ""
     record.text_decoding_fallbacks.extend(sorted(parsed.fallbacks))
     return record
+
+
+def representative_header(parsed: ParsedHeader) -> str:
+    """The header as DICOM JSON for SeriesUpdate.representative_header_json, or "" when it
+    cannot be rendered or would be too large to send (the series keeps another one)."""
+    try:
+        rendered = _representative_json(parsed)
+    except Exception:  # pydicom raises many types on hostile values
+        return ""
+    return rendered if len(rendered.encode()) <= MAX_RECORD_BYTES // 2 else ""
 
 
 def _representative_json(parsed: ParsedHeader) -> str:

@@ -55,6 +55,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error_message TEXT NOT NULL,
     payload BLOB NOT NULL
 );
+-- Previews to render: the representative instance of a flushed series group, whose file
+-- is kept (receiver.previews) until the store has acked its preview.
+CREATE TABLE IF NOT EXISTS preview_jobs (
+    seq INTEGER PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -78,6 +87,17 @@ class Entry:
     nbytes: int
     update_id: str | None
     completion: int  # the update's CompletionReason value, once assigned
+
+
+@dataclasses.dataclass(frozen=True)
+class PreviewJob:
+    """A preview to render from the kept file of entry `seq` (see receiver.previews)."""
+
+    seq: int
+    series_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    created_at: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +272,43 @@ class Spool:
 
         return self._submit(write)
 
+    def add_preview_job(self, job: PreviewJob) -> None:
+        """Record a preview to render (kept across restarts). Raises SpoolUnavailable if
+        the write failed; then nothing changed."""
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO preview_jobs VALUES (?,?,?,?,?)", dataclasses.astuple(job)
+            )
+
+        self._submit(insert).result()
+
+    def finish_preview_job(self, seq: int) -> concurrent.futures.Future[None]:
+        """The store acked the preview of `seq`: forget the job (not waited for)."""
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM preview_jobs WHERE seq = ?", (seq,))
+
+        return self._submit(delete)
+
+    def preview_jobs(self) -> list[PreviewJob]:
+        rows = self._reader().execute("SELECT * FROM preview_jobs ORDER BY seq").fetchall()
+        return [PreviewJob(*row) for row in rows]
+
+    def records(self, seqs: Iterable[int]) -> dict[int, bytes]:
+        """The payloads of these entries by sequence (missing ones left out)."""
+        wanted = list(seqs)
+        found: dict[int, bytes] = {}
+        conn = self._reader()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for seq, payload in conn.execute(
+                f"SELECT seq, payload FROM entries WHERE seq IN ({marks})", chunk
+            ):
+                found[seq] = payload
+        return found
+
     def delete_dead_letter(self, update_id: str) -> None:
         def delete(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM dead_letters WHERE update_id = ?", (update_id,))
@@ -379,15 +436,7 @@ class Spool:
     def payloads(self, seqs: Iterable[int]) -> list[bytes]:
         """The payloads of these entries, in the order given (missing ones skipped)."""
         wanted = list(seqs)
-        found: dict[int, bytes] = {}
-        conn = self._reader()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for seq, payload in conn.execute(
-                f"SELECT seq, payload FROM entries WHERE seq IN ({marks})", chunk
-            ):
-                found[seq] = payload
+        found = self.records(wanted)
         return [found[s] for s in wanted if s in found]
 
     def dead_letters(self, update_ids: Sequence[str] = ()) -> list[DeadLetter]:

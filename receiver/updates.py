@@ -38,7 +38,7 @@ def merge(update_id: str, payloads: Sequence[bytes], completion: int) -> pb.Seri
         raise ValueError("an update needs at least one instance")
     update = pb.SeriesUpdate()
     fallbacks: set[str] = set()
-    header = ""
+    header = header_uid = ""
     seen: set[str] = set()
     for payload in payloads:
         record = pb.SeriesUpdate.FromString(payload)
@@ -51,6 +51,7 @@ def merge(update_id: str, payloads: Sequence[bytes], completion: int) -> pb.Seri
         fallbacks.update(record.text_decoding_fallbacks)
         if record.representative_header_json:
             header = record.representative_header_json
+            header_uid = record.instances[0].sop_instance_uid if record.instances else ""
         last = record
     update.patient.CopyFrom(last.patient)
     update.study.CopyFrom(last.study)
@@ -59,5 +60,6 @@ def merge(update_id: str, payloads: Sequence[bytes], completion: int) -> pb.Seri
     update.update_id = update_id
     update.completion_reason = completion  # type: ignore[assignment]
     update.representative_header_json = header
+    update.representative_sop_instance_uid = header_uid
     update.text_decoding_fallbacks.extend(sorted(fallbacks))
     return update
