@@ -13,6 +13,7 @@ from pathlib import Path
 
 from seriesflow import settings
 from seriesflow.cli.scu import SenderConfig
+from seriesflow.cli.watch import WatchConfig
 from seriesflow.receiver.config import ReceiverConfig
 from seriesflow.store.config import StoreConfig
 
@@ -25,7 +26,12 @@ def table() -> str:
     used_by: dict[str, list[str]] = {}
     aliases: dict[str, list[str]] = {}
     fields: dict[str, dataclasses.Field[object]] = {}
-    roles = (("store", StoreConfig), ("receiver", ReceiverConfig), ("send/echo", SenderConfig))
+    roles = (
+        ("store", StoreConfig),
+        ("receiver", ReceiverConfig),
+        ("send/echo", SenderConfig),
+        ("watch", WatchConfig),
+    )
     for role, cls in roles:
         for f in dataclasses.fields(cls):
             used_by.setdefault(f.name, []).append(role)

@@ -23,7 +23,7 @@ def test_configuration_table_matches_the_config_classes() -> None:
 
 
 def test_every_documented_command_has_help() -> None:
-    for command in ("run", "store", "receiver", "migrate", "send", "echo"):
+    for command in ("run", "store", "receiver", "migrate", "send", "echo", "watch"):
         result = subprocess.run(
             [sys.executable, "-m", "seriesflow", command, "--help"],
             capture_output=True,
