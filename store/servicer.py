@@ -15,13 +15,13 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from seriesflow.store import attributes, queries
+from seriesflow.store import attributes, previews, queries
 from seriesflow.store.database import Connection
 from seriesflow.store.errors import DatabaseUnavailable, StoreError
 from seriesflow.store.grpc_status import GRPC_STATUS
 from seriesflow.store.stream import Shared, StreamSession
 from seriesflow.store.validation import decode_update
-from seriesflow.store.watch import Watchers, WatchRefused
+from seriesflow.store.watch import START_CURSOR_KEY, Watchers, WatchRefused
 from seriesflow.v1 import series_store_pb2 as pb
 
 _log = logging.getLogger(__name__)
@@ -82,11 +82,19 @@ class SeriesStoreServicer:
     async def GetAttributes(self, request: pb.GetAttributesRequest, context: Context) -> Message:
         return await self._query(attributes.get_attributes, request, context)
 
+    async def GetSeriesPreview(
+        self, request: pb.GetSeriesPreviewRequest, context: Context
+    ) -> Message:
+        return await self._query(previews.get_series_preview, request, context)
+
     async def WatchSeries(
         self, request: pb.WatchSeriesRequest, context: Context
     ) -> AsyncIterator[pb.SeriesEvent]:
+        async def started(position: int) -> None:
+            await context.send_initial_metadata(((START_CURSOR_KEY, str(position)),))
+
         try:
-            async for event in self._watchers.stream(request):
+            async for event in self._watchers.stream(request, started):
                 yield event
         except WatchRefused as exc:
             await context.abort(exc.code, str(exc))

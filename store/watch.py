@@ -10,7 +10,9 @@ next signal. Were the LISTEN connection lost, watchers poll every second until i
 A consumer's cursor stays valid as long as retention has not deleted the events after it;
 a watcher that falls behind the pruned point, or asks for a cursor beyond the log's end,
 gets OUT_OF_RANGE with what to do. At shutdown watchers end with UNAVAILABLE naming the
-cursor to resume from, so a client reconnects (to another replica) and goes on.
+cursor to resume from, so a client reconnects (to another replica) and goes on. Each call's
+initial metadata carries START_CURSOR_KEY, the position it starts after: a client that
+asked "from now" and lost the call before any event resumes from there, missing nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
@@ -46,6 +48,7 @@ _WAIT_POLLING: Final = 1.0
 _CONSUMER_MAX: Final = 64
 _CURSOR_MAX: Final = 2**63 - 1
 _PRUNE_BATCH: Final = 10_000
+START_CURSOR_KEY: Final = "seriesflow-start-cursor"
 
 KIND_TO_PB: Final[dict[str, pb.SeriesEventKind]] = {
     "CREATED": pb.SERIES_EVENT_KIND_CREATED,
@@ -216,8 +219,13 @@ class Watchers:
         # caught up wake together at each commit and share one query (filters applied here).
         self._head_reads: dict[int, asyncio.Task[events.Page]] = {}
 
-    async def stream(self, request: pb.WatchSeriesRequest) -> AsyncIterator[pb.SeriesEvent]:
-        """The events for `request`; raises WatchRefused to end the call with a status."""
+    async def stream(
+        self,
+        request: pb.WatchSeriesRequest,
+        started: Callable[[int], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[pb.SeriesEvent]:
+        """The events for `request`; raises WatchRefused to end the call with a status.
+        `started` is told the position the watch starts after (before any event)."""
         asked = parse_request(request)
         self._metrics.watchers.inc()
         me = object()
@@ -225,6 +233,8 @@ class Watchers:
             bounds = await self._run(events.bounds)
             position = self._start(asked.after, bounds)
             self._track(me, asked.consumer, position, bounds.last_cursor)
+            if started is not None:
+                await started(position)
             live = asked.after is None
             while True:
                 wake = self._signal.current()

@@ -393,6 +393,30 @@ def test_a_store_restart_is_survived_without_a_miss_or_a_repeat(
         store.stop()
 
 
+def test_a_watch_from_now_that_loses_its_store_before_any_event_misses_nothing(
+    migrated_url: str, watches: Callable[..., WatchProcess]
+) -> None:
+    config = store_config(migrated_url, grpc_port=free_port())
+    store = StoreThread(config, migrated_url)
+    other = StoreThread(store_config(migrated_url), migrated_url)
+    try:
+        w = watches(store.address)  # no --after: from now
+        deadline = time.monotonic() + 30
+        while "seriesflow_store_watchers 1.0" not in store.metrics_text():
+            assert time.monotonic() < deadline, f"the watch never connected: {w.stderr()}"
+            time.sleep(0.1)
+        store.stop()
+        # Committed through another replica while this watch has no store: it is after the
+        # position the watch started at, so the watch must print it once it is back.
+        during = completed_series(other.channel())
+        store = StoreThread(config, migrated_url)
+        w.until(completes(during))
+        assert "reconnecting" in w.stderr()
+    finally:
+        store.stop()
+        other.stop()
+
+
 @pytest.mark.parametrize(
     ("cursor", "status"), [("999999999", "OUT_OF_RANGE"), ("abc", "INVALID_ARGUMENT")]
 )

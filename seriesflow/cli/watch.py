@@ -249,6 +249,10 @@ class _Backoff:
         return delay
 
 
+# The store's initial metadata naming the position a watch starts after (store.watch).
+_START_CURSOR_KEY = "seriesflow-start-cursor"
+
+
 @dataclasses.dataclass
 class _Watch:
     config: WatchConfig
@@ -349,6 +353,12 @@ class _Watch:
         try:
             if self.stopper.requested:  # a signal between the loop's check and the call
                 call.cancel()
+            if not self.last:
+                # Watching "from now": the store says where now was, so a reconnect before
+                # the first event resumes from there instead of from a later now.
+                for key, value in call.initial_metadata() or ():
+                    if key == _START_CURSOR_KEY and str(value).isdigit():
+                        self.last = str(value)
             for event in call:
                 if not self._is_new(event.cursor):
                     continue
