@@ -64,9 +64,7 @@ def upgrade() -> None:
         " (series_instance_uid, catalog_key(receiver_id))"
     )
     # The expiry sweep looks only at open holds, oldest deadline first.
-    op.execute(
-        "CREATE INDEX series_holds_open_expiry ON series_holds (expires_at) WHERE open"
-    )
+    op.execute("CREATE INDEX series_holds_open_expiry ON series_holds (expires_at) WHERE open")
 
     op.create_table(
         "series_event_log",
@@ -101,7 +99,9 @@ def downgrade() -> None:
     op.drop_table("series_events")
     op.drop_table("series_event_log")
     op.drop_table("series_holds")
-    op.execute("UPDATE series SET completion_reason = 'IDLE' WHERE completion_reason = 'HOLD_EXPIRED'")
+    op.execute(
+        "UPDATE series SET completion_reason = 'IDLE' WHERE completion_reason = 'HOLD_EXPIRED'"
+    )
     op.drop_constraint("series_completion_reason_known", "series")
     op.create_check_constraint(
         "series_completion_reason_known", "series", f"completion_reason IN ({_REASONS_0001})"
