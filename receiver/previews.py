@@ -37,6 +37,13 @@ _log = logging.getLogger(__name__)
 def _worker_start() -> None:
     with contextlib.suppress(OSError):
         os.nice(10)  # the receiver's own work (answering C-STORE) comes first
+    # The native decoders (GDCM, OpenJPEG) print to the process's stdout and stderr, which
+    # it shares with the receiver's structured log; results and errors come back pickled.
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
 
 
 def _render(path: str, syntax: str, max_side: int) -> render.Rendered | render.NotRendered:

@@ -59,6 +59,7 @@ class StoreProcess:
             SERIESFLOW_LISTEN_HOST="127.0.0.1",
             SERIESFLOW_GRPC_PORT=str(self.port),
             SERIESFLOW_STORE_METRICS_PORT="0",
+            SERIESFLOW_STORE_HTTP_PORT="0",
             SERIESFLOW_SHUTDOWN_GRACE="2",
             SERIESFLOW_LOG_LEVEL="WARNING",
         )
