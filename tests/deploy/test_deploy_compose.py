@@ -161,13 +161,14 @@ def test_services_reach_each_other_by_the_names_and_ports_they_configure(
         assert env(compose, name)["SERIESFLOW_LISTEN_HOST"] == "0.0.0.0"
     dicom = int(receiver["SERIESFLOW_DICOM_PORT"])
     assert published(compose, "receiver") == {("", dicom, dicom)}, "DICOM is on every interface"
-    for name, port in (
-        ("store", 50051),
-        ("prometheus", 9090),
-        ("grafana", 3000),
-        ("orthanc", 8042),
+    http = int(store["SERIESFLOW_STORE_HTTP_PORT"])
+    for name, ports in (
+        ("store", (50051, http)),
+        ("prometheus", (9090,)),
+        ("grafana", (3000,)),
+        ("orthanc", (8042,)),
     ):
-        assert published(compose, name) == {("127.0.0.1", port, port)}, (
+        assert published(compose, name) == {("127.0.0.1", p, p) for p in ports}, (
             f"{name}: unauthenticated or demo-password ports stay on loopback"
         )
 
