@@ -76,6 +76,9 @@ class StoreConfig:
     listen_host: str = setting("127.0.0.1", settings.non_empty_text, "address servers bind")
     grpc_port: int = setting("50051", settings.port, "gRPC port of the SeriesStore service")
     store_metrics_port: int = setting("9101", settings.port, "HTTP port serving /metrics")
+    store_http_port: int = setting(
+        "8080", settings.port, "HTTP port of the store's web API (series previews, /healthz)"
+    )
     db_pool_min_size: int = setting(
         "1", settings.non_negative_int, "connections the pool keeps open"
     )

@@ -118,7 +118,7 @@ _READ = """
                s.station_name, s.institution_name, s.series_date, s.protocol_name,
                s.source_ae_title, s.receiver_id, s.completion_reason, s.completed_at,
                s.total_size_bytes, s.text_decoding_fallbacks, s.completion_version,
-               s.completion_detail
+               s.completion_detail, s.representative_sop_instance_uid
         FROM series_events e
         JOIN series s ON s.id = e.series_fk
         JOIN studies st ON st.id = s.study_fk

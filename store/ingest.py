@@ -22,8 +22,11 @@ transaction and acks each update only after that commits). Rules, all idempotent
   created/updated from the update (so an operator can find it), with no study.
 - Conflict: series_study_mismatch. Likewise, a series keeps its first study.
 - Attributes. Text attributes take the latest non-empty value received; empty never
-  erases. A representative header, when given, replaces the stored one. Text-decoding
-  fallbacks accumulate (a set).
+  erases. Text-decoding fallbacks accumulate (a set).
+- Representative header and preview. Of the headers (and, from preview reports, the
+  previews) received for a series, the one whose instance is nearest the middle of the
+  series' stored instances is kept; a tie keeps the stored one (store.previews). A preview
+  report for a series with no row yet stores nothing.
 - Completion is decided from every receiver's reports by store.completion (hold reports
   and updates of all receivers, under a per-series lock); a new series starts RECEIVING.
 - Events. Every change (created, instances added, reopened, completed) is appended to the
@@ -44,7 +47,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from seriesflow.store import completion, events, instances
+from seriesflow.store import completion, events, instances, previews
 from seriesflow.store.completion import Completion, Policy, SeriesBefore
 from seriesflow.store.database import Connection
 from seriesflow.store.instances import SeriesState
@@ -53,10 +56,11 @@ from seriesflow.store.validation import (
     SOURCE_TEXT,
     STUDY_TEXT,
     ValidHold,
+    ValidPreview,
     ValidUpdate,
 )
 
-Item = ValidUpdate | ValidHold
+Item = ValidUpdate | ValidHold | ValidPreview
 
 
 @dataclass
@@ -67,6 +71,7 @@ class BatchResult:
     completions: list[Completion] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by kind
     holds_expired: int = 0
+    previews_stored: int = 0
     new: int = 0
     duplicate: int = 0
     conflicts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -100,7 +105,7 @@ def rounds(updates: list[Item]) -> list[list[Item]]:
 
 
 async def merge(conn: Connection, items: list[Item], policy: Policy) -> BatchResult:
-    """Merge `items` (updates and hold reports) inside the caller's transaction."""
+    """Merge `items` (updates, hold and preview reports) inside the caller's transaction."""
     result = BatchResult()
     await completion.lock_series(conn, (item.series_uid for item in items))
     written: list[events.Event] = []
@@ -108,6 +113,12 @@ async def merge(conn: Connection, items: list[Item], policy: Policy) -> BatchRes
         updates = [u for u in round_ if isinstance(u, ValidUpdate)]
         holds = [h for h in round_ if isinstance(h, ValidHold)]
         before = await _merge_round(conn, updates, result) if updates else {}
+        # After the round's instances: a preview is ranked against the series as stored.
+        result.previews_stored += await previews.merge_previews(
+            conn, [p for p in round_ if isinstance(p, ValidPreview)]
+        )
+        if not updates and not holds:
+            continue
         decided = await completion.decide_round(conn, updates, holds, before, policy)
         for uid, status in decided.status.items():
             state = result.series.get(uid)
@@ -159,8 +170,12 @@ async def _merge_round(
             conn, mismatched_patients, mismatched_studies, study_patient, series_rows
         )
 
-    outcome = await instances.insert(
-        conn, updates, {uid: row[0] for uid, row in series_rows.items()}
+    series_ids = {uid: row[0] for uid, row in series_rows.items()}
+    outcome = await instances.insert(conn, updates, series_ids)
+    # A new row took its update's header when inserted; the others compete for it now that
+    # the round's instances are stored (they can move the middle).
+    await previews.choose_headers(
+        conn, [u for u in updates if not series_rows[u.series_uid][4]], series_ids
     )
     before: dict[str, SeriesBefore] = {}
     for update in updates:
@@ -284,7 +299,8 @@ async def _upsert_series(
 ) -> dict[str, tuple[int, int, str, int, bool]]:
     """Returns series UID -> (series id, study id the series keeps, status, completion
     version, whether this inserted it). Locks the rows. A series takes its study's
-    patient, never the update's."""
+    patient, never the update's. The representative header is written here only into a
+    new row (store.previews.choose_headers decides for existing ones)."""
     params: list[object] = [
         [u.series_uid for u in updates],
         [study_rows[u.study_uid][0] for u in updates],
@@ -294,6 +310,7 @@ async def _upsert_series(
         [u.series["series_date_raw"] for u in updates],
         [json.dumps(u.fallbacks) for u in updates],
         [u.header_json for u in updates],
+        [u.header_sop_uid if u.header_json is not None else "" for u in updates],
     ]
     params += [[u.series[c] for u in updates] for c in _SERIES_TEXT]
     text_cols = ", ".join(_SERIES_TEXT)
@@ -303,13 +320,15 @@ async def _upsert_series(
         f"""
         INSERT INTO series AS s (series_instance_uid, study_fk, patient_fk, series_number,
                                  series_date, series_date_raw, text_decoding_fallbacks,
-                                 representative_header, {text_cols})
+                                 representative_header, representative_sop_instance_uid,
+                                 {text_cols})
         SELECT uid, study_fk, patient_fk, num, d, d_raw,
                ARRAY(SELECT jsonb_array_elements_text(fallbacks::jsonb)), header::jsonb,
-               {text_cols}
+               header_sop, {text_cols}
         FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::int[], %b::date[], %b::text[],
-                    %b::text[], %b::text[], {text_types})
-            AS t(uid, study_fk, patient_fk, num, d, d_raw, fallbacks, header, {text_cols})
+                    %b::text[], %b::text[], %b::text[], {text_types})
+            AS t(uid, study_fk, patient_fk, num, d, d_raw, fallbacks, header, header_sop,
+                 {text_cols})
         ORDER BY uid
         ON CONFLICT (series_instance_uid) DO UPDATE SET
             series_number = COALESCE(EXCLUDED.series_number, s.series_number),
@@ -320,8 +339,6 @@ async def _upsert_series(
                 SELECT DISTINCT f FROM unnest(s.text_decoding_fallbacks
                                               || EXCLUDED.text_decoding_fallbacks) AS f
                 ORDER BY f),
-            representative_header = COALESCE(EXCLUDED.representative_header,
-                                             s.representative_header),
             {text_sets}
         RETURNING series_instance_uid, id, study_fk, status, completion_version,
                   (xmax = 0) AS inserted

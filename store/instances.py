@@ -26,12 +26,14 @@ from seriesflow.store.validation import ValidUpdate
 
 _COPY = (
     "COPY instances (sop_instance_uid, series_fk, sop_class_uid, instance_number,"
-    " transfer_syntax_uid, size_bytes, received_at) FROM STDIN (FORMAT BINARY)"
+    " transfer_syntax_uid, size_bytes, received_at, slice_position) FROM STDIN (FORMAT BINARY)"
 )
 # PostgreSQL's binary COPY format (see the COPY docs, "Binary Format"): a signature, flags
 # and header-extension length, then per row a field count and (length, bytes) per field.
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _TRAILER = struct.pack(">h", -1)
+_NULL = struct.pack(">i", -1)  # a NULL field: length -1, no bytes
+_FLOAT8 = struct.Struct(">id")  # a float8 field: length 8, IEEE 754 double, big-endian
 _PG_EPOCH_US = 946_684_800_000_000
 _BIGINT_MAX = 2**63 - 1  # 2000-01-01, the zero of PostgreSQL timestamps
 
@@ -129,16 +131,18 @@ def _binary_rows(pending: list[_Rows]) -> bytes:
     structs: dict[tuple[int, int, int, int], struct.Struct] = {}
     encoded: dict[str, bytes] = {}  # SOP class and transfer syntax UIDs repeat
     numbers: dict[int | None, bytes] = {}  # and so do instance numbers
+    pack_float8 = _FLOAT8.pack
     for rows in pending:
         inst = rows.update.instances
         fk = rows.series_id
-        for sop, cls, number, syntax, size, us in zip(
+        for sop, cls, number, syntax, size, us, position in zip(
             rows.column(inst.sop_instance_uid),  # type: ignore[arg-type]
             rows.column(inst.sop_class_uid),  # type: ignore[arg-type]
             rows.column(inst.instance_number),  # type: ignore[arg-type]
             rows.column(inst.transfer_syntax_uid),  # type: ignore[arg-type]
             rows.column(inst.size_bytes),  # type: ignore[arg-type]
             rows.column(inst.received_us),  # type: ignore[arg-type]
+            rows.column(inst.slice_position),  # type: ignore[arg-type]
             strict=True,
         ):
             sop_b = sop.encode()
@@ -147,15 +151,17 @@ def _binary_rows(pending: list[_Rows]) -> bytes:
             num_b = numbers.get(number) or numbers.setdefault(number, _int4_field(number))
             key = (len(sop_b), len(cls_b), len(num_b), len(syn_b))
             packer = structs.get(key) or structs.setdefault(key, _row_struct(*key))
-            fields = (7, key[0], sop_b, 8, fk, key[1], cls_b, num_b, key[3], syn_b)
+            fields = (8, key[0], sop_b, 8, fk, key[1], cls_b, num_b, key[3], syn_b)
             parts.append(packer.pack(*fields, 8, size, 8, us - _PG_EPOCH_US))
+            # The float8 field ends the row; packed apart (it is NULL or 12 bytes).
+            parts.append(_NULL if position is None else pack_float8(8, position))
     parts.append(_TRAILER)
     return b"".join(parts)
 
 
 def _int4_field(value: int | None) -> bytes:
     """An int4 field: its length and value, or NULL (length -1, no bytes)."""
-    return struct.pack(">i", -1) if value is None else struct.pack(">ii", 4, value)
+    return _NULL if value is None else struct.pack(">ii", 4, value)
 
 
 def _row_struct(sop: int, cls: int, number: int, syntax: int) -> struct.Struct:
@@ -167,7 +173,7 @@ async def _insert_racing(
     conn: Connection, pending: list[_Rows]
 ) -> tuple[list[_Rows], list[tuple[str, ValidUpdate]]]:
     """Slow path: insert what nobody holds; return the inserted rows and the rest."""
-    columns: list[list[object]] = [[] for _ in range(7)]
+    columns: list[list[object]] = [[] for _ in range(8)]
     for rows in pending:
         inst = rows.update.instances
         columns[0] += [rows.series_id] * rows.count()
@@ -177,13 +183,15 @@ async def _insert_racing(
         columns[4] += rows.column(inst.transfer_syntax_uid)  # type: ignore[arg-type]
         columns[5] += rows.column(inst.size_bytes)  # type: ignore[arg-type]
         columns[6] += rows.column(inst.received_us)  # type: ignore[arg-type]
+        columns[7] += rows.column(inst.slice_position)  # type: ignore[arg-type]
     cur = await conn.execute(
         """INSERT INTO instances (series_fk, sop_instance_uid, sop_class_uid, instance_number,
-                                  transfer_syntax_uid, size_bytes, received_at)
+                                  transfer_syntax_uid, size_bytes, received_at, slice_position)
            SELECT fk, sop, cls, num, ts, size,
-                  timestamptz 'epoch' + us * interval '1 microsecond'
+                  timestamptz 'epoch' + us * interval '1 microsecond', pos
            FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::text[],
-                       %b::bigint[], %b::bigint[]) AS t(fk, sop, cls, num, ts, size, us)
+                       %b::bigint[], %b::bigint[], %b::float8[])
+                AS t(fk, sop, cls, num, ts, size, us, pos)
            ORDER BY sop
            ON CONFLICT (sop_instance_uid) DO NOTHING
            RETURNING sop_instance_uid""",

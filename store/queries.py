@@ -50,7 +50,7 @@ SERIES_SELECT = """
            s.manufacturer_model_name, s.station_name, s.institution_name, s.series_date,
            s.protocol_name, s.source_ae_title, s.receiver_id, s.completion_reason,
            s.completed_at, s.total_size_bytes, s.text_decoding_fallbacks,
-           s.completion_version, s.completion_detail
+           s.completion_version, s.completion_detail, s.representative_sop_instance_uid
     FROM series s
     JOIN studies st ON st.id = s.study_fk
     JOIN patients p ON p.id = s.patient_fk
@@ -125,6 +125,7 @@ def series_message(r: Row) -> pb.Series:
         text_decoding_fallbacks=r["text_decoding_fallbacks"],
         completion_version=r["completion_version"],
         completion_detail=r["completion_detail"],
+        representative_sop_instance_uid=r["representative_sop_instance_uid"],
     )
 
 
@@ -302,7 +303,8 @@ async def get_series(conn: Connection, req: pb.GetSeriesRequest) -> pb.GetSeries
     page, token = await _page(
         conn,
         f"""SELECT sop_instance_uid, sop_class_uid, instance_number, transfer_syntax_uid,
-                   size_bytes, received_at, COALESCE(instance_number, 2147483647) AS k
+                   size_bytes, received_at, slice_position,
+                   COALESCE(instance_number, 2147483647) AS k
             FROM instances WHERE series_fk = %(fk)s {keyset}
             ORDER BY COALESCE(instance_number, 2147483647), sop_instance_uid
             LIMIT %(limit)s""",
@@ -323,6 +325,7 @@ def _instance_message(i: Row) -> pb.Instance:
         transfer_syntax_uid=i["transfer_syntax_uid"],
         size_bytes=i["size_bytes"],
         received_at=_ts(i["received_at"]),
+        slice_position=i["slice_position"],
     )
 
 

@@ -20,12 +20,13 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
 
 from seriesflow import settings
-from seriesflow.store import completion, reflection, watch
+from seriesflow.store import completion, http, reflection, watch
 from seriesflow.store.auth import Authenticator, AuthInterceptor
 from seriesflow.store.config import StoreConfig
 from seriesflow.store.database import Database, create_pool, resolve_url
@@ -44,7 +45,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @dataclass
 class RunningStore:
-    """A started store; `grpc_port` / `metrics_port` are the bound ports (useful with 0)."""
+    """A started store; `grpc_port` / `metrics_port` / `http_port` are the bound ports
+    (useful with 0)."""
 
     config: StoreConfig
     server: grpc.aio.Server
@@ -55,6 +57,8 @@ class RunningStore:
     metrics_port: int
     draining: asyncio.Event
     _httpd: WSGIServer
+    http_port: int = 0
+    _http: web.AppRunner | None = None
     _probe: asyncio.Task[None] | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: bool = field(default=False)
@@ -67,6 +71,8 @@ class RunningStore:
         await self.health.enter_graceful_shutdown()
         self.draining.set()
         await self.server.stop(self.config.shutdown_grace)
+        if self._http is not None:
+            await self._http.cleanup()
         if self._probe is not None:
             self._probe.cancel()
         for task in self._background:
@@ -208,9 +214,15 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
             f"cannot listen on {address} for gRPC: is the port in use? "
             "Set SERIESFLOW_GRPC_PORT / --grpc-port to a free one"
         )
-    httpd, _thread = start_http_server(
-        config.store_metrics_port, addr=config.listen_host, registry=metrics.registry
-    )
+    api = http.HttpApi(db, authenticator, metrics)
+    http_runner, http_port = await http.start(config.listen_host, config.store_http_port, api)
+    try:
+        httpd, _thread = start_http_server(
+            config.store_metrics_port, addr=config.listen_host, registry=metrics.registry
+        )
+    except BaseException:
+        await http_runner.cleanup()
+        raise
     await server.start()
     store = RunningStore(
         config=config,
@@ -222,6 +234,8 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
         metrics_port=int(httpd.server_port),
         draining=draining,
         _httpd=httpd,
+        http_port=http_port,
+        _http=http_runner,
     )
     store.db.up = await db.probe()
     metrics.database_up.set(1 if store.db.up else 0)
@@ -241,6 +255,7 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
             "fields": {
                 "grpc": _address(config.listen_host, grpc_port),
                 "metrics_port": store.metrics_port,
+                "http_port": store.http_port,
                 "tls": credentials is not None,
                 "mutual_tls": config.grpc_tls_client_ca is not None,
                 "auth": authenticator.mode,

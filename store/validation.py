@@ -12,7 +12,11 @@ An update is rejected (ack ok=false, kind INVALID, naming the field) when:
   DICOM instance, and what keeps a series' total_size_bytes far from bigint overflow), or
   a received_at outside 0001..9999;
 - representative_header_json is not a JSON object, or holds text PostgreSQL's jsonb
-  refuses (NUL, unpaired surrogates);
+  refuses (NUL, unpaired surrogates); representative_sop_instance_uid is not a UID;
+- an instance's slice_position is given but not finite;
+- a preview report (`preview` set) breaks the rules of `_preview` below (like a hold
+  report it carries no instances; its PNG is bounded in bytes and pixels, and a preview
+  without a PNG says why in a known word);
 - the message itself is not valid protobuf / UTF-8 (see `decode_update`).
 
 Everything else is normalised here, once: dates parsed to `datetime.date` (an invalid date
@@ -107,6 +111,7 @@ class Instances:
     transfer_syntax_uid: list[str] = field(default_factory=list)
     size_bytes: list[int] = field(default_factory=list)
     received_us: list[int] = field(default_factory=list)  # microseconds since 1970, UTC
+    slice_position: list[float | None] = field(default_factory=list)
     # SOPInstanceUIDs the update listed more than once (collapsed here): duplicates too,
     # counted so that the store's "duplicate" metric reconciles with what was received.
     repeated: int = 0
@@ -129,6 +134,8 @@ class ValidUpdate:
     instances: Instances
     received_at: float  # monotonic time the store read it, for the ack latency metric
     sequence: int = 0  # SeriesUpdate.receiver_sequence
+    # The instance header_json was taken from ("" when the receiver did not say).
+    header_sop_uid: str = ""
 
     @property
     def series_uid(self) -> str:
@@ -156,6 +163,29 @@ class ValidHold:
     receiver_id: str
     sequence: int
     received_at: float
+
+
+@dataclass(frozen=True)
+class ValidPreview:
+    """A validated preview report (SeriesUpdate.preview): one instance's PNG or why there
+    is none. Exactly one of `png` and `failure_reason` is non-empty."""
+
+    update_id: str
+    series_uid: str
+    receiver_id: str
+    sequence: int
+    received_at: float
+    sop_instance_uid: str
+    png: bytes
+    width: int
+    height: int
+    frame: int
+    window: str
+    window_center: float | None
+    window_width: float | None
+    failure_reason: str
+    failure_detail: str
+    rendered_us: int  # microseconds since 1970, UTC
 
 
 def decode_update(data: bytes) -> pb.SeriesUpdate | UndecodableUpdate:
@@ -241,6 +271,16 @@ def parse_date(raw: str) -> dt.date | None:
 
 
 _HEADER = "representative_header_json"
+# A preview is one small PNG (the receiver renders at most its preview size, 512 px by
+# default): 2 MiB is far above that and keeps one report far below gRPC's message limit.
+MAX_PREVIEW_BYTES: Final = 2 * 1024 * 1024
+MAX_PREVIEW_SIDE: Final = 4096
+PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+# Why a receiver has no preview (SeriesPreview.failure_reason); "pending" is the store's own
+# answer for a series without one and never comes from a receiver.
+PREVIEW_FAILURES: Final = frozenset(
+    {"no_pixel_data", "undecodable", "unsupported", "too_large", "failed"}
+)
 
 
 def _header(value: str) -> str | None:
@@ -307,16 +347,23 @@ def _holds_nul(value: object) -> bool:
 
 def validate(
     update: pb.SeriesUpdate, *, received_at: float, max_instances: int
-) -> ValidUpdate | ValidHold:
-    """The normalised update or hold report, or InvalidUpdate naming the first offending
-    field."""
+) -> ValidUpdate | ValidHold | ValidPreview:
+    """The normalised update, hold report or preview report, or InvalidUpdate naming the
+    first offending field."""
     if not update.update_id.strip():
         raise InvalidUpdate("update_id", "is required and was empty")
     update_id = _text(update.update_id, "update_id")
     if update.receiver_sequence < 0:
         raise InvalidUpdate("receiver_sequence", f"{update.receiver_sequence} is negative")
+    has_preview = update.HasField("preview")
+    if update.holding and has_preview:
+        raise InvalidUpdate(
+            "preview", "a report is a hold report or a preview report, not both: send them apart"
+        )
     if update.holding:
         return _hold(update, update_id, received_at)
+    if has_preview:
+        return _preview(update, update_id, received_at)
     p, st, se, src = update.patient, update.study, update.series, update.source
     series_uid = _uid(se.series_instance_uid, "series.series_instance_uid", required=True)
     study_uid = _uid(st.study_instance_uid, "study.study_instance_uid", required=True)
@@ -360,6 +407,11 @@ def validate(
         series=series,
         reason=reason,
         header_json=_header(update.representative_header_json),
+        header_sop_uid=_uid(
+            update.representative_sop_instance_uid,
+            "representative_sop_instance_uid",
+            required=False,
+        ),
         fallbacks=fallbacks,
         instances=_instances(update, now_us=time.time_ns() // 1000),
         received_at=received_at,
@@ -382,6 +434,86 @@ def _hold(update: pb.SeriesUpdate, update_id: str, received_at: float) -> ValidH
         sequence=update.receiver_sequence,
         received_at=received_at,
     )
+
+
+def _preview(update: pb.SeriesUpdate, update_id: str, received_at: float) -> ValidPreview:
+    if update.instances:
+        raise InvalidUpdate(
+            "instances", "a preview report (preview set) carries no instances; send them apart"
+        )
+    series_uid = _uid(
+        update.series.series_instance_uid, "series.series_instance_uid", required=True
+    )
+    p = update.preview
+    if p.series_instance_uid and p.series_instance_uid != series_uid:
+        raise InvalidUpdate(
+            "preview.series_instance_uid",
+            "names another series than series.series_instance_uid; leave it empty or equal",
+        )
+    sop = _uid(p.sop_instance_uid, "preview.sop_instance_uid", required=True)
+    png = bytes(p.png)
+    if png:
+        if len(png) > MAX_PREVIEW_BYTES:
+            raise InvalidUpdate(
+                "preview.png", f"{len(png)} bytes; at most {MAX_PREVIEW_BYTES} (2 MiB)"
+            )
+        if not png.startswith(PNG_SIGNATURE):
+            raise InvalidUpdate("preview.png", "is not a PNG (no PNG signature)")
+        for name in ("width", "height"):
+            side = getattr(p, name)
+            if not 1 <= side <= MAX_PREVIEW_SIDE:
+                raise InvalidUpdate(
+                    f"preview.{name}", f"{side} is outside 1..{MAX_PREVIEW_SIDE} pixels"
+                )
+        if p.failure_reason:
+            raise InvalidUpdate(
+                "preview.failure_reason", "must be empty when png is set (a preview or why not)"
+            )
+    elif p.failure_reason not in PREVIEW_FAILURES:
+        known = ", ".join(sorted(PREVIEW_FAILURES))
+        shown = p.failure_reason[:80].replace("\0", "\\0")
+        raise InvalidUpdate(
+            "preview.failure_reason",
+            f"{shown!r} is not one of {known} (required when png is empty)",
+        )
+    if p.frame < 0:
+        raise InvalidUpdate("preview.frame", f"{p.frame} is negative")
+    window_center = _finite(p, "window_center")
+    window_width = _finite(p, "window_width")
+    stamp = p.rendered_at
+    if p.HasField("rendered_at"):
+        if not (_MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS and 0 <= stamp.nanos < 10**9):
+            raise InvalidUpdate("preview.rendered_at", "is outside years 0001..9999")
+        rendered_us = stamp.seconds * 1_000_000 + stamp.nanos // 1000
+    else:
+        rendered_us = time.time_ns() // 1000
+    return ValidPreview(
+        update_id=update_id,
+        series_uid=series_uid,
+        receiver_id=_text(update.source.receiver_id, "source.receiver_id"),
+        sequence=update.receiver_sequence,
+        received_at=received_at,
+        sop_instance_uid=sop,
+        png=png,
+        width=p.width if png else 0,
+        height=p.height if png else 0,
+        frame=p.frame,
+        window=_text(p.window, "preview.window"),
+        window_center=window_center,
+        window_width=window_width,
+        failure_reason="" if png else p.failure_reason,
+        failure_detail="" if png else _text(p.failure_detail, "preview.failure_detail"),
+        rendered_us=rendered_us,
+    )
+
+
+def _finite(preview: pb.SeriesPreview, name: str) -> float | None:
+    if not preview.HasField(name):
+        return None
+    value = float(getattr(preview, name))
+    if not math.isfinite(value):
+        raise InvalidUpdate(f"preview.{name}", f"{value} is not a finite number")
+    return value
 
 
 def _instances(update: pb.SeriesUpdate, *, now_us: int) -> Instances:
@@ -433,4 +565,13 @@ def _instances(update: pb.SeriesUpdate, *, now_us: int) -> Instances:
         out.transfer_syntax_uid.append(syntax)
         out.size_bytes.append(size)
         out.received_us.append(received)
+        if inst.HasField("slice_position"):
+            position = inst.slice_position
+            if not math.isfinite(position):
+                raise InvalidUpdate(
+                    f"instances[{index}].slice_position", f"{position} is not a finite number"
+                )
+            out.slice_position.append(position)
+        else:
+            out.slice_position.append(None)
     return out

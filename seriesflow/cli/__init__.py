@@ -9,6 +9,8 @@
     seriesflow echo        C-ECHO a receiver
     seriesflow watch [--after CURSOR] [--kind KIND] [--exec CMD]
                            the store's series events as JSON lines (WatchSeries)
+    seriesflow preview SERIES_UID -o FILE | --study STUDY_UID -o FILE
+                           a series' preview PNG, or a study's contact sheet
 
 Every setting is an environment variable SERIESFLOW_NAME and a flag --name; the flag wins.
 """
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from seriesflow import __version__, logs, settings
+from seriesflow.cli.preview import add_preview_arguments
 from seriesflow.cli.scu import SenderConfig, add_send_arguments
 from seriesflow.cli.watch import WatchConfig, add_watch_arguments
 
@@ -87,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         " 2 when the store refused the watch (bad or pruned cursor, credentials).",
     )
     add_watch_arguments(watch)
+
+    preview = commands.add_parser(
+        "preview",
+        help="write a series' preview PNG, or a study's contact sheet, from the store",
+        epilog="Exit status: 0 written, 1 nothing to write (unknown, no preview yet, failed),"
+        " 2 the store refused or is unreachable.",
+    )
+    add_preview_arguments(preview)
     return parser
 
 
@@ -115,6 +126,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         watch_config = settings.load(WatchConfig, args=args)
         logs.configure("WARNING")
         return watch.watch(watch_config, watch.options_from_args(args))
+    if args.command == "preview":
+        from seriesflow.cli import preview
+
+        logs.configure("WARNING")
+        return preview.main(settings.load(WatchConfig, args=args), args)
     if args.command in ("send", "echo"):
         from seriesflow.cli import scu
 
