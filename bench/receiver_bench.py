@@ -233,6 +233,7 @@ class Seriesflow:
             SERIESFLOW_DATA_DIR=str(work / "store"),
             SERIESFLOW_GRPC_PORT=str(self.grpc_port),
             SERIESFLOW_STORE_METRICS_PORT="0",
+            SERIESFLOW_STORE_HTTP_PORT="0",
             SERIESFLOW_LOG_LEVEL="WARNING",
         )
         self.store = subprocess.Popen(

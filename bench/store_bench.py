@@ -109,6 +109,8 @@ class Store:
                 str(self.grpc_port),
                 "--store-metrics-port",
                 str(self.metrics_port),
+                "--store-http-port",
+                "0",
                 "--batch-max-updates",
                 str(batch_max_updates),
             ],

@@ -52,6 +52,7 @@ def _environment(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
             "SERIESFLOW_DICOM_PORT": str(ports["dicom"]),
             "SERIESFLOW_GRPC_PORT": str(ports["grpc"]),
             "SERIESFLOW_STORE_METRICS_PORT": str(ports["store_metrics"]),
+            "SERIESFLOW_STORE_HTTP_PORT": str(ports["store_http"]),
             "SERIESFLOW_RECEIVER_METRICS_PORT": str(ports["receiver_metrics"]),
             "SERIESFLOW_SERIES_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
         }
@@ -110,7 +111,8 @@ def _is_zombie(pid: int) -> bool:
 
 @pytest.fixture
 def ports() -> dict[str, int]:
-    return {name: free_port() for name in ("dicom", "grpc", "store_metrics", "receiver_metrics")}
+    names = ("dicom", "grpc", "store_metrics", "store_http", "receiver_metrics")
+    return {name: free_port() for name in names}
 
 
 def list_series(grpcurl: str, address: str) -> list[dict[str, object]]:

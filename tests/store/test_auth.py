@@ -266,6 +266,7 @@ def test_a_missing_token_file_stops_the_store_naming_the_variable(
         env={
             "SERIESFLOW_DATABASE_URL": migrated_url,
             "SERIESFLOW_STORE_METRICS_PORT": "0",
+            "SERIESFLOW_STORE_HTTP_PORT": "0",
             "SERIESFLOW_GRPC_READ_TOKENS_FILE": str(tmp_path / "absent"),
             "PATH": "/usr/bin:/bin",
         },
