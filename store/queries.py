@@ -3,8 +3,10 @@
 Lists are newest first on the surrogate id (assigned when the store first stored the row,
 never changed), with keyset page tokens (store.tokens): a row's place in the order cannot
 move, so pages have no duplicates or gaps while new rows arrive; new rows show up on a
-fresh first page. Every filter has an index (see migrations/versions/0001 and 0002: free
-text is compared through catalog_key, its SHA-256, then exactly).
+fresh first page. Text filters are DICOM attribute matching (store.matching, the engine
+behind Query, QIDO-RS and C-FIND): an exact value uses its column's index (free text
+through catalog_key, its SHA-256, then exactly; see migrations/versions/0002); wildcards
+and person names (matched case-insensitively) cannot use a btree and scan.
 
 Pages are also bounded in bytes. Stored text is never cut, so a few rows can hold
 megabytes (a 1 MiB PatientName in every series); gRPC clients refuse a response above
@@ -25,7 +27,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.rows import dict_row
 
-from seriesflow.store import request_fields, tokens
+from seriesflow.store import matching, request_fields, tokens
 from seriesflow.store.database import Connection
 from seriesflow.store.errors import BadRequest, NotFound
 from seriesflow.store.vocabulary import REASON_TO_PB, STATUS_FROM_PB, STATUS_TO_PB
@@ -200,32 +202,28 @@ async def _page(
     return out, tokens.encode([last[k] for k in keyset], filters)
 
 
-def _equals(column: str, name: str) -> str:
-    """Equality on a free-text column, through its index on catalog_key(column) (the
-    text's SHA-256: a btree cannot hold long text), then on the text itself."""
-    return f"catalog_key({column}) = catalog_key(%({name})s) AND {column} = %({name})s"
-
-
 class _Where:
     """The WHERE clause of a list query, built filter by filter with its parameters."""
 
     def __init__(self, page_size: int) -> None:
         self.clauses = ["TRUE"]
         self.params: dict[str, Any] = {"limit": page_size + 1}
+        self._matching = matching.Params(self.params)
+
+    def matches(self, keyword: str, value: str, field: str, within: str = "{}") -> None:
+        """A filter in DICOM matching syntax (wildcards, backslash alternatives, person
+        names case-insensitive) on attribute `keyword`, compiled by the matching engine
+        that Query, QIDO-RS and C-FIND use, so the doors cannot disagree. `within` wraps
+        the condition (e.g. in an EXISTS over a study's series)."""
+        sql = matching.compile_filter(keyword, value, field, self._matching)
+        if sql:
+            self.clauses.append(within.format(f"({sql})"))
 
     def add(self, clause: str, name: str, value: object) -> None:
         """`clause` (with %(name)s) when value is given: "", None and 0 mean no filter."""
         if value:
             self.clauses.append(clause)
             self.params[name] = value
-
-    def patient(self, alias: str, patient_id: str) -> None:
-        """Rows of `alias` (a table with patient_fk) belonging to a PatientID."""
-        self.add(
-            f"{alias}.patient_fk IN (SELECT id FROM patients WHERE {_equals('patient_id', 'pid')})",
-            "pid",
-            request_fields.text(patient_id, "patient_id"),
-        )
 
     def study_dates(self, first: str, last: str) -> None:
         dates = request_fields.date_range(first, last, ("study_date_from", "study_date_to"))
@@ -261,17 +259,42 @@ async def _listed(
     )
 
 
+def _page_size(requested: int, default: int, maximum: int) -> int:
+    """AIP-158: a page size above the maximum means the maximum; negative is an error."""
+    return tokens.page_size(min(requested, maximum), default, maximum)
+
+
+# ListSeries' text filters: request field -> attribute keyword (store.matching).
+_SERIES_FILTERS: Final = {
+    "patient_id": "PatientID",
+    "study_instance_uid": "StudyInstanceUID",
+    "modality": "Modality",
+    "patient_name": "PatientName",
+    "accession_number": "AccessionNumber",
+    "study_description": "StudyDescription",
+    "series_description": "SeriesDescription",
+    "referring_physician_name": "ReferringPhysicianName",
+    "body_part_examined": "BodyPartExamined",
+}
+# ListStudies': study and patient attributes, then attributes of any of a study's series.
+_STUDY_FILTERS: Final = {
+    "patient_id": "PatientID",
+    "accession_number": "AccessionNumber",
+    "patient_name": "PatientName",
+    "study_description": "StudyDescription",
+    "referring_physician_name": "ReferringPhysicianName",
+}
+_STUDY_SERIES_FILTERS: Final = {
+    "series_description": "SeriesDescription",
+    "body_part_examined": "BodyPartExamined",
+}
+_ANY_SERIES: Final = "EXISTS (SELECT 1 FROM series s WHERE s.study_fk = st.id AND {})"
+
+
 async def list_series(conn: Connection, req: pb.ListSeriesRequest) -> pb.ListSeriesResponse:
-    where = _Where(tokens.page_size(req.page_size, 100, 1000))
-    where.patient("s", req.patient_id)
-    where.add(
-        "s.study_fk = (SELECT id FROM studies WHERE study_instance_uid = %(study)s)",
-        "study",
-        request_fields.uid(req.study_instance_uid, "study_instance_uid"),
-    )
-    where.add(
-        _equals("s.modality", "modality"), "modality", request_fields.text(req.modality, "modality")
-    )
+    where = _Where(_page_size(req.page_size, 100, 1000))
+    for field, keyword in _SERIES_FILTERS.items():
+        where.matches(keyword, getattr(req, field), field)
     if req.status != pb.SERIES_STATUS_UNSPECIFIED and req.status not in STATUS_FROM_PB:
         raise BadRequest("status", f"unknown status {req.status}")
     where.add("s.status = %(status)s", "status", STATUS_FROM_PB.get(req.status))
@@ -347,23 +370,19 @@ async def get_study(conn: Connection, req: pb.GetStudyRequest) -> pb.GetStudyRes
 
 
 async def list_studies(conn: Connection, req: pb.ListStudiesRequest) -> pb.ListStudiesResponse:
-    where = _Where(tokens.page_size(req.page_size, 100, 1000))
-    where.patient("st", req.patient_id)
-    where.add(
-        _equals("st.accession_number", "acc"),
-        "acc",
-        request_fields.text(req.accession_number, "accession_number"),
-    )
+    where = _Where(_page_size(req.page_size, 100, 1000))
+    for field, keyword in _STUDY_FILTERS.items():
+        where.matches(keyword, getattr(req, field), field)
+    for field, keyword in _STUDY_SERIES_FILTERS.items():
+        where.matches(keyword, getattr(req, field), field, _ANY_SERIES)
     where.study_dates(req.study_date_from, req.study_date_to)
     page, token = await _listed(conn, req, where, STUDY_SELECT, "st.id", study_message)
     return pb.ListStudiesResponse(studies=page, next_page_token=token)
 
 
 async def list_patients(conn: Connection, req: pb.ListPatientsRequest) -> pb.ListPatientsResponse:
-    where = _Where(tokens.page_size(req.page_size, 100, 1000))
-    where.add(
-        _equals("p.patient_id", "pid"), "pid", request_fields.text(req.patient_id, "patient_id")
-    )
+    where = _Where(_page_size(req.page_size, 100, 1000))
+    where.matches("PatientID", req.patient_id, "patient_id")
     page, token = await _listed(conn, req, where, PATIENT_SELECT, "p.id", patient_message)
     return pb.ListPatientsResponse(patients=page, next_page_token=token)
 

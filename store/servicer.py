@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from seriesflow.store import attributes, previews, queries
+from seriesflow.store import attributes, find, previews, queries
 from seriesflow.store.database import Connection
 from seriesflow.store.errors import DatabaseUnavailable, StoreError
 from seriesflow.store.grpc_status import GRPC_STATUS
@@ -86,6 +86,18 @@ class SeriesStoreServicer:
         self, request: pb.GetSeriesPreviewRequest, context: Context
     ) -> Message:
         return await self._query(previews.get_series_preview, request, context)
+
+    async def Query(
+        self, request: pb.QueryRequest, context: Context
+    ) -> AsyncIterator[pb.QueryResponse]:
+        try:
+            async for response in find.stream(self._db, request):
+                yield response
+        except StoreError as exc:
+            code = GRPC_STATUS[type(exc)]
+            if code == grpc.StatusCode.INTERNAL:
+                _log.error("query failed", extra={"fields": {"error": str(exc)}})
+            await context.abort(code, str(exc))
 
     async def WatchSeries(
         self, request: pb.WatchSeriesRequest, context: Context

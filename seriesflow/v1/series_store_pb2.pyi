@@ -31,6 +31,14 @@ class SeriesEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SERIES_EVENT_KIND_INSTANCES_ADDED: _ClassVar[SeriesEventKind]
     SERIES_EVENT_KIND_COMPLETED: _ClassVar[SeriesEventKind]
     SERIES_EVENT_KIND_REOPENED: _ClassVar[SeriesEventKind]
+
+class QueryLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUERY_LEVEL_UNSPECIFIED: _ClassVar[QueryLevel]
+    QUERY_LEVEL_PATIENT: _ClassVar[QueryLevel]
+    QUERY_LEVEL_STUDY: _ClassVar[QueryLevel]
+    QUERY_LEVEL_SERIES: _ClassVar[QueryLevel]
+    QUERY_LEVEL_IMAGE: _ClassVar[QueryLevel]
 COMPLETION_REASON_UNSPECIFIED: CompletionReason
 COMPLETION_REASON_IDLE: CompletionReason
 COMPLETION_REASON_RELEASED: CompletionReason
@@ -44,6 +52,11 @@ SERIES_EVENT_KIND_CREATED: SeriesEventKind
 SERIES_EVENT_KIND_INSTANCES_ADDED: SeriesEventKind
 SERIES_EVENT_KIND_COMPLETED: SeriesEventKind
 SERIES_EVENT_KIND_REOPENED: SeriesEventKind
+QUERY_LEVEL_UNSPECIFIED: QueryLevel
+QUERY_LEVEL_PATIENT: QueryLevel
+QUERY_LEVEL_STUDY: QueryLevel
+QUERY_LEVEL_SERIES: QueryLevel
+QUERY_LEVEL_IMAGE: QueryLevel
 
 class PatientAttributes(_message.Message):
     __slots__ = ("patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date", "patient_sex")
@@ -334,7 +347,7 @@ class GetSeriesResponse(_message.Message):
     def __init__(self, series: _Optional[_Union[Series, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListSeriesRequest(_message.Message):
-    __slots__ = ("patient_id", "study_instance_uid", "modality", "status", "study_date_from", "study_date_to", "received_after", "received_before", "page_size", "page_token")
+    __slots__ = ("patient_id", "study_instance_uid", "modality", "status", "study_date_from", "study_date_to", "received_after", "received_before", "page_size", "page_token", "patient_name", "accession_number", "study_description", "series_description", "referring_physician_name", "body_part_examined")
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +358,12 @@ class ListSeriesRequest(_message.Message):
     RECEIVED_BEFORE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACCESSION_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STUDY_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SERIES_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REFERRING_PHYSICIAN_NAME_FIELD_NUMBER: _ClassVar[int]
+    BODY_PART_EXAMINED_FIELD_NUMBER: _ClassVar[int]
     patient_id: str
     study_instance_uid: str
     modality: str
@@ -355,7 +374,13 @@ class ListSeriesRequest(_message.Message):
     received_before: _timestamp_pb2.Timestamp
     page_size: int
     page_token: str
-    def __init__(self, patient_id: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., modality: _Optional[str] = ..., status: _Optional[_Union[SeriesStatus, str]] = ..., study_date_from: _Optional[str] = ..., study_date_to: _Optional[str] = ..., received_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    patient_name: str
+    accession_number: str
+    study_description: str
+    series_description: str
+    referring_physician_name: str
+    body_part_examined: str
+    def __init__(self, patient_id: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., modality: _Optional[str] = ..., status: _Optional[_Union[SeriesStatus, str]] = ..., study_date_from: _Optional[str] = ..., study_date_to: _Optional[str] = ..., received_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., patient_name: _Optional[str] = ..., accession_number: _Optional[str] = ..., study_description: _Optional[str] = ..., series_description: _Optional[str] = ..., referring_physician_name: _Optional[str] = ..., body_part_examined: _Optional[str] = ...) -> None: ...
 
 class ListSeriesResponse(_message.Message):
     __slots__ = ("series", "next_page_token")
@@ -380,20 +405,30 @@ class GetStudyResponse(_message.Message):
     def __init__(self, study: _Optional[_Union[Study, _Mapping]] = ..., series: _Optional[_Iterable[_Union[Series, _Mapping]]] = ...) -> None: ...
 
 class ListStudiesRequest(_message.Message):
-    __slots__ = ("patient_id", "accession_number", "study_date_from", "study_date_to", "page_size", "page_token")
+    __slots__ = ("patient_id", "accession_number", "study_date_from", "study_date_to", "page_size", "page_token", "patient_name", "study_description", "referring_physician_name", "series_description", "body_part_examined")
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCESSION_NUMBER_FIELD_NUMBER: _ClassVar[int]
     STUDY_DATE_FROM_FIELD_NUMBER: _ClassVar[int]
     STUDY_DATE_TO_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    STUDY_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REFERRING_PHYSICIAN_NAME_FIELD_NUMBER: _ClassVar[int]
+    SERIES_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    BODY_PART_EXAMINED_FIELD_NUMBER: _ClassVar[int]
     patient_id: str
     accession_number: str
     study_date_from: str
     study_date_to: str
     page_size: int
     page_token: str
-    def __init__(self, patient_id: _Optional[str] = ..., accession_number: _Optional[str] = ..., study_date_from: _Optional[str] = ..., study_date_to: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    patient_name: str
+    study_description: str
+    referring_physician_name: str
+    series_description: str
+    body_part_examined: str
+    def __init__(self, patient_id: _Optional[str] = ..., accession_number: _Optional[str] = ..., study_date_from: _Optional[str] = ..., study_date_to: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., patient_name: _Optional[str] = ..., study_description: _Optional[str] = ..., referring_physician_name: _Optional[str] = ..., series_description: _Optional[str] = ..., body_part_examined: _Optional[str] = ...) -> None: ...
 
 class ListStudiesResponse(_message.Message):
     __slots__ = ("studies", "next_page_token")
@@ -522,3 +557,49 @@ class SeriesEvent(_message.Message):
     instances_added: int
     series: Series
     def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[_Union[SeriesEventKind, str]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completion_version: _Optional[int] = ..., completion_reason: _Optional[_Union[CompletionReason, str]] = ..., completion_detail: _Optional[str] = ..., instances_added: _Optional[int] = ..., series: _Optional[_Union[Series, _Mapping]] = ...) -> None: ...
+
+class QueryKey(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class QueryRequest(_message.Message):
+    __slots__ = ("level", "match", "include_fields", "fuzzy_matching", "limit", "offset")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    FUZZY_MATCHING_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    level: QueryLevel
+    match: _containers.RepeatedCompositeFieldContainer[QueryKey]
+    include_fields: _containers.RepeatedScalarFieldContainer[str]
+    fuzzy_matching: bool
+    limit: int
+    offset: int
+    def __init__(self, level: _Optional[_Union[QueryLevel, str]] = ..., match: _Optional[_Iterable[_Union[QueryKey, _Mapping]]] = ..., include_fields: _Optional[_Iterable[str]] = ..., fuzzy_matching: _Optional[bool] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class UnsupportedKey(_message.Message):
+    __slots__ = ("key", "reason")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    reason: str
+    def __init__(self, key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class QueryResponse(_message.Message):
+    __slots__ = ("unsupported_keys", "matches")
+    UNSUPPORTED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    unsupported_keys: _containers.RepeatedCompositeFieldContainer[UnsupportedKey]
+    matches: _containers.RepeatedCompositeFieldContainer[QueryMatch]
+    def __init__(self, unsupported_keys: _Optional[_Iterable[_Union[UnsupportedKey, _Mapping]]] = ..., matches: _Optional[_Iterable[_Union[QueryMatch, _Mapping]]] = ...) -> None: ...
+
+class QueryMatch(_message.Message):
+    __slots__ = ("dataset_json",)
+    DATASET_JSON_FIELD_NUMBER: _ClassVar[int]
+    dataset_json: str
+    def __init__(self, dataset_json: _Optional[str] = ...) -> None: ...

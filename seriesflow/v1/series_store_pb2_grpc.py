@@ -80,6 +80,11 @@ class SeriesStoreStub:
                 request_serializer=seriesflow_dot_v1_dot_series__store__pb2.GetSeriesPreviewRequest.SerializeToString,
                 response_deserializer=seriesflow_dot_v1_dot_series__store__pb2.SeriesPreview.FromString,
                 _registered_method=True)
+        self.Query = channel.unary_stream(
+                '/seriesflow.v1.SeriesStore/Query',
+                request_serializer=seriesflow_dot_v1_dot_series__store__pb2.QueryRequest.SerializeToString,
+                response_deserializer=seriesflow_dot_v1_dot_series__store__pb2.QueryResponse.FromString,
+                _registered_method=True)
 
 
 class SeriesStoreServicer:
@@ -162,6 +167,18 @@ class SeriesStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Query(self, request, context):
+        """Query answers DICOM attribute matching (PS3.4 C.2.2.2) over the catalog at one level,
+        the engine behind QIDO-RS and C-FIND, so all three answer alike. The stream's first
+        message is always sent (also when nothing matches) and names the unsupported keys; it
+        and the following messages carry the matches in order, each a DICOM JSON dataset.
+        INVALID_ARGUMENT naming the key for a value its VR cannot hold (a bad date or range,
+        a malformed UID or UID list) or an unknown keyword; unsupported keys are not errors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SeriesStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +226,11 @@ def add_SeriesStoreServicer_to_server(servicer, server):
                     servicer.GetSeriesPreview,
                     request_deserializer=seriesflow_dot_v1_dot_series__store__pb2.GetSeriesPreviewRequest.FromString,
                     response_serializer=seriesflow_dot_v1_dot_series__store__pb2.SeriesPreview.SerializeToString,
+            ),
+            'Query': grpc.unary_stream_rpc_method_handler(
+                    servicer.Query,
+                    request_deserializer=seriesflow_dot_v1_dot_series__store__pb2.QueryRequest.FromString,
+                    response_serializer=seriesflow_dot_v1_dot_series__store__pb2.QueryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -455,6 +477,33 @@ class SeriesStore:
             '/seriesflow.v1.SeriesStore/GetSeriesPreview',
             seriesflow_dot_v1_dot_series__store__pb2.GetSeriesPreviewRequest.SerializeToString,
             seriesflow_dot_v1_dot_series__store__pb2.SeriesPreview.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Query(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/seriesflow.v1.SeriesStore/Query',
+            seriesflow_dot_v1_dot_series__store__pb2.QueryRequest.SerializeToString,
+            seriesflow_dot_v1_dot_series__store__pb2.QueryResponse.FromString,
             options,
             channel_credentials,
             insecure,
