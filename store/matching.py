@@ -321,22 +321,42 @@ def _int_condition(attr: Attribute, value: str, key: str, params: Params) -> str
     return f"{attr.column} = ANY({params.add(numbers)}::bigint[])"
 
 
-def _text_one(attr: Attribute, value: str, params: Params, fuzzy: bool) -> str:
+def _pn_test(sql: str, value: str, params: Params, fuzzy: bool) -> str:
+    """`sql` (one person name or component group) matches `value`, ignoring case (and,
+    fuzzy, accents). Exact values ignore trailing component separators: "Doe^Jane^^"
+    is "Doe^Jane" (PS3.5 6.2.1)."""
+    fold = _fold if fuzzy else _lower
+    if _has_wildcard(value):
+        return f"{fold(sql)} LIKE {fold(params.add(like_pattern(value)))} ESCAPE '\\'"
+    return f"rtrim({fold(sql)}, '^') = {fold(params.add(value.rstrip('^')))}"
+
+
+def _pn(col: str, value: str, key: str, params: Params, fuzzy: bool) -> str:
+    if fuzzy and not _has_wildcard(value):
+        return _fuzzy(col, value, params)
+    groups = value.split("=")
+    if len(groups) > 3:
+        raise BadRequest(key, "a person name has at most 3 component groups (a=b=c)")
+    if len(groups) > 1:
+        # Group by group: alphabetic=ideographic=phonetic, an empty group matches any.
+        tests = [
+            _pn_test(f"split_part({col}, '=', {n})", group, params, fuzzy)
+            for n, group in enumerate(groups, 1)
+            if group not in ("", "*")
+        ]
+        return " AND ".join(tests) or "TRUE"
+    # The whole name, or any one of its component groups.
+    whole, group = _pn_test(col, value, params, fuzzy), _pn_test("g.v", value, params, fuzzy)
+    return (
+        f"({whole} OR EXISTS (SELECT 1 FROM unnest(string_to_array({col}, '=')) AS g(v)"
+        f" WHERE {group}))"
+    )
+
+
+def _text_one(attr: Attribute, value: str, key: str, params: Params, fuzzy: bool) -> str:
     col = attr.column
     if attr.vr == "PN":
-        if fuzzy and not _has_wildcard(value):
-            return _fuzzy(col, value, params)
-        fold = _fold if fuzzy else _lower
-        if _has_wildcard(value):
-            p = params.add(like_pattern(value))
-            test = f"LIKE {fold(p)} ESCAPE '\\'"
-        else:
-            test = f"= {fold(params.add(value))}"
-        # The whole name, or any one component group (alphabetic=ideographic=phonetic).
-        return (
-            f"({fold(col)} {test} OR EXISTS (SELECT 1 FROM unnest(string_to_array({col}, '='))"
-            f" AS g(v) WHERE {fold('g.v')} {test}))"
-        )
+        return _pn(col, value, key, params, fuzzy)
     if _has_wildcard(value):
         return f"{col} LIKE {params.add(like_pattern(value))} ESCAPE '\\'"
     p = params.add(value)
@@ -408,7 +428,7 @@ def condition(attr: Attribute, value: str, key: str, params: Params, fuzzy: bool
         alternatives = _alternatives(value, key)
         if any(v in ("", "*") for v in alternatives):
             return ""
-        ors = [_text_one(attr, v, params, fuzzy) for v in alternatives]
+        ors = [_text_one(attr, v, key, params, fuzzy) for v in alternatives]
         return ors[0] if len(ors) == 1 else "(" + " OR ".join(f"({o})" for o in ors) + ")"
     raise AssertionError(f"no matching for VR {attr.vr}")
 

@@ -1,7 +1,7 @@
 """DICOM attribute matching (store.matching) through the Query RPC and the list RPCs,
 against a real store and PostgreSQL: every matching kind at every level."""
 
-
+# ruff: noqa: F811  (fixtures are imported from st_harness: pytest finds them by name)
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import Any
 
 import grpc
 import pytest
-from st_harness import (
+from st_harness import (  # noqa: F401 (fixtures)
     StoreThread,
     fresh_database,
     make_update,
+    migrated_url,
     send,
     store_config,
     uid,
@@ -259,6 +260,31 @@ def test_a_japanese_name_matches_by_any_component_group(
         assert uids(patients, "00100020") == {"P2"}, name
     studies, _ = query(stub, STUDY, [("StudyDescription", "頭部*")])
     assert uids(studies, STUDY_UID) == {cat["s2"]}
+
+
+def test_a_name_with_component_groups_matches_group_by_group(
+    stub: pb_grpc.SeriesStoreStub, cat: dict[str, str]
+) -> None:
+    for name in (
+        "Yamada^Tarou=山田^太郎",
+        "=山田^太郎",
+        "*=山田*=やまだ*",
+        "YAMADA*==やまだ^たろう",
+    ):
+        patients, _ = query(stub, PATIENT, [("PatientName", name)])
+        assert uids(patients, "00100020") == {"P2"}, name
+    assert query(stub, PATIENT, [("PatientName", "山田^太郎=Yamada^Tarou")])[0] == []
+    details = refused(lambda: query(stub, PATIENT, [("PatientName", "a=b=c=d")]))
+    assert "at most 3 component groups" in details
+
+
+def test_trailing_component_separators_do_not_matter(
+    stub: pb_grpc.SeriesStoreStub, cat: dict[str, str]
+) -> None:
+    for name in ("Doe^Jane^^^", "doe^jane^"):
+        patients, _ = query(stub, PATIENT, [("PatientName", name)])
+        assert uids(patients, "00100020") == {"P1"}, name
+    assert query(stub, PATIENT, [("PatientName", "Doe")])[0] == []
 
 
 # --- wildcards ------------------------------------------------------------------------
@@ -611,3 +637,53 @@ def test_page_size_above_the_maximum_is_clamped(
     assert len(patients.patients) == 4
     details = refused(lambda: stub.ListSeries(pb.ListSeriesRequest(page_size=-1)))
     assert details.startswith("page_size: ")
+
+
+@pytest.fixture
+def own_store(migrated_url: str) -> Iterator[StoreThread]:
+    overrides: dict[str, Any] = {}
+    if "store_http_port" in {f.name for f in dataclasses.fields(StoreConfig)}:
+        overrides["store_http_port"] = 0
+    thread = StoreThread(store_config(migrated_url, **overrides), migrated_url)
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+def test_page_size_above_the_maximum_returns_a_page_of_the_maximum(own_store: StoreThread) -> None:
+    study = uid()
+    series = [uid() for _ in range(1001)]
+    acks = send(own_store.channel(), [make_update(s, [f"{s}.1"], study_uid=study) for s in series])
+    assert all(a.ok for a in acks)
+    stub = pb_grpc.SeriesStoreStub(own_store.channel())
+    page = stub.ListSeries(pb.ListSeriesRequest(page_size=5000), timeout=60)
+    assert len(page.series) == 1000 and page.next_page_token
+    rest = stub.ListSeries(
+        pb.ListSeriesRequest(page_size=5000, page_token=page.next_page_token), timeout=60
+    )
+    assert len(rest.series) == 1 and not rest.next_page_token
+    found, _ = query(stub, SERIES, [("StudyInstanceUID", study)])
+    assert uids(found, SERIES_UID) == set(series)
+
+
+def test_matches_of_megabyte_names_come_in_messages_under_the_client_limit(
+    own_store: StoreThread,
+) -> None:
+    names = [f"{chr(ord('A') + n)}^{'x' * (1 << 20)}" for n in range(5)]
+    updates = []
+    for n, name in enumerate(names):
+        s = uid()
+        updates.append(
+            make_update(s, [f"{s}.1"], study_uid=uid(), patient_id=f"P{n}", patient_name=name)
+        )
+    assert all(a.ok for a in send(own_store.channel(), updates))
+    stub = pb_grpc.SeriesStoreStub(own_store.channel())
+    request = pb.QueryRequest(level=SERIES, include_fields=["PatientName"])
+    responses = list(stub.Query(request, timeout=60))
+    assert len(responses) > 1
+    assert all(r.ByteSize() < 4 * 1024 * 1024 for r in responses)
+    found = [json.loads(m.dataset_json) for r in responses for m in r.matches]
+    assert [value(d, "00100010")[0]["Alphabetic"] for d in found] == names
+    found, _ = query(stub, SERIES, [("PatientName", "c^x*")])
+    assert [value(d, "00100010")[0]["Alphabetic"] for d in found] == [names[2]]
