@@ -31,6 +31,7 @@ from seriesflow.receiver.kept import KeptFiles
 from seriesflow.receiver.metrics import ReceiverMetrics
 from seriesflow.receiver.server import DicomServer
 from seriesflow.receiver.spool import Spool
+from seriesflow.receiver.stow import StowServer, TokenFile
 from seriesflow.receiver.tls import tls_context
 from seriesflow.receiver.tracker import Tracker
 
@@ -90,6 +91,7 @@ class Receiver:
             self.kept,
         )
         self.dicom: DicomServer | None = None
+        self.stow: StowServer | None = None
         self.health: HealthServer | None = None
 
     def _previewer(self) -> Previewer:
@@ -133,6 +135,7 @@ class Receiver:
         if self.previewer is not None:
             self.previewer.start(jobs)
         self._start_dicom()
+        self._start_stow()
         self.health = HealthServer(
             self.config.listen_host,
             self.config.receiver_metrics_port,
@@ -147,6 +150,7 @@ class Receiver:
             extra={
                 "fields": {
                     "dicom_port": self.dicom_port,
+                    "stow_port": self.stow.port if self.stow is not None else None,
                     "metrics_port": self.metrics_port,
                     "recovered_instances": len(recovered),
                 }
@@ -185,12 +189,30 @@ class Receiver:
         )
         self.dicom.start()
 
+    def _start_stow(self) -> None:
+        """STOW-RS (receiver.stow) into the same intake, unless SERIESFLOW_STOW_PORT=off."""
+        config = self.config
+        if config.stow_port is None:
+            return
+        tokens = TokenFile(config.stow_tokens_file) if config.stow_tokens_file else None
+        self.stow = StowServer(
+            self.intake,
+            config.listen_host,
+            config.stow_port,
+            max_request_bytes=config.stow_max_request_bytes,
+            tokens=tokens,
+            calling_ae_title=config.stow_calling_ae_title,
+        )
+        self.stow.start()
+
     def _stop_dicom(self) -> None:
         """No new associations; those in flight get a while to finish, then are aborted."""
         if self.dicom is not None:
             self.dicom.stop(_ASSOCIATION_DRAIN_SECONDS)
 
     def stop(self) -> None:
+        if self.stow is not None:
+            self.stow.stop()  # requests in flight finish first, as associations do
         self._stop_dicom()
         if self.previewer is not None:
             self.previewer.stop()  # an unrendered preview stays a job for the next start

@@ -72,6 +72,24 @@ def _preview_size(text: str) -> int:
     return value
 
 
+def _stow_port(text: str) -> int | None:
+    """A port (0: ephemeral), or None for off/empty: no STOW-RS server."""
+    if text.strip().lower() in {"", "off", "false", "no", "none"}:
+        return None
+    return settings.port(text)
+
+
+def _stow_tokens_file(text: str) -> Path | None:
+    """The path, read now so that a missing or unreadable file stops the receiver at start."""
+    path = _optional_path(text)
+    if path is not None:
+        try:
+            path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read it ({exc}); give a file with one token a line") from None
+    return path
+
+
 @dataclasses.dataclass(frozen=True)
 class ReceiverConfig:
     """Everything the receiver reads at start; see `seriesflow receiver --help`."""
@@ -220,6 +238,31 @@ class ReceiverConfig:
     )
     receiver_metrics_port: int = setting(
         "9102", settings.port, "HTTP port of /metrics, /livez and /readyz"
+    )
+    # Off by default only until the tests' receivers set their own port (rx_harness); then
+    # the default is to be 8081, beside the store's HTTP port 8080.
+    stow_port: int | None = setting(
+        "off",
+        _stow_port,
+        "HTTP port of STOW-RS (POST /studies, PS3.18 10.5) into the same intake as C-STORE, "
+        "e.g. 8081; 0 for an ephemeral port, off for none",
+    )
+    stow_max_request_bytes: int = setting(
+        "8GiB",
+        settings.byte_size,
+        "largest STOW-RS request body; a larger one is answered 413 (each instance also "
+        "has SERIESFLOW_MAX_INSTANCE_BYTES)",
+    )
+    stow_tokens_file: Path | None = setting(
+        "",
+        _stow_tokens_file,
+        "file of bearer tokens allowed to store over STOW-RS (one a line, # comments; re-read "
+        "when it changes); empty: no authentication",
+    )
+    stow_calling_ae_title: str = setting(
+        "STOW-RS",
+        settings.ae_title,
+        "the calling AE title STOW-RS instances are recorded with (as a C-STORE sender's is)",
     )
     receiver_id: str = setting(
         socket.gethostname() or "receiver",
