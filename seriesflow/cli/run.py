@@ -216,6 +216,8 @@ def _banner(
             f"  DICOM   {receiver_config.ae_title} @ {receiver_host}:{receiver_config.dicom_port}"
             f"  ({_completion_text(receiver_config)})",
             f"  gRPC    {grpc_address}   grpcurl -plaintext {grpc_address} list",
+            f"  HTTP    http://{store_host}:{store_config.store_http_port}/studies/STUDY_UID/previews"
+            " (series previews)",
             f"  metrics http://{store_host}:{store_config.store_metrics_port}/metrics (store)",
             f"          http://{receiver_host}:{receiver_config.receiver_metrics_port}/metrics"
             " (receiver)",
