@@ -20,9 +20,11 @@ as_root() {
 missing_debs=()
 command -v storescu >/dev/null 2>&1 || missing_debs+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing_debs+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing_debs+=(orthanc-dicomweb)
 command -v promtool >/dev/null 2>&1 || missing_debs+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing_debs+=(docker-compose)
 command -v openssl >/dev/null 2>&1 || missing_debs+=(openssl)
+command -v curl >/dev/null 2>&1 || missing_debs+=(curl)
 command -v unshare >/dev/null 2>&1 || missing_debs+=(util-linux)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing_debs+=(iproute2)
 
