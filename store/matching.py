@@ -494,9 +494,8 @@ def compile_query(
         elif found is not None:
             returns.setdefault(found.tag, found)
     if include_all:
-        for attr in ATTRIBUTES:
-            if lookup(attr.tag, level, "") is attr:
-                returns.setdefault(attr.tag, attr)
+        for attr in supported(level):
+            returns.setdefault(attr.tag, attr)
     where = " AND ".join(f"({c})" for c in clauses) or "TRUE"
     return Compiled(level, where, params.values, tuple(returns.values()), include_all,
                     tuple(unsupported), tuple(header_tags))  # fmt: skip
@@ -506,3 +505,9 @@ def compile_filter(keyword: str, value: str, field_name: str, params: Params) ->
     """One list-RPC filter (e.g. ListSeries' patient_name) in matching syntax: the SQL
     condition, "" when the value is universal. Errors name `field_name`."""
     return condition(_BY_KEYWORD[keyword], value, field_name, params)
+
+
+def supported(level: Level) -> tuple[Attribute, ...]:
+    """The attributes a query at `level` can match and return (for docs and conformance
+    statements): the level's own and those of the levels above it."""
+    return tuple(a for a in ATTRIBUTES if lookup(a.tag, level, "") is a)

@@ -5,9 +5,13 @@ against a real store and PostgreSQL: every matching kind at every level."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +26,11 @@ from st_harness import (  # noqa: F401 (fixtures)
     uid,
 )
 
+from seriesflow import migrations
+from seriesflow.store import find, matching
 from seriesflow.store.config import StoreConfig
+from seriesflow.store.embedded_postgres import EmbeddedPostgres
+from seriesflow.store.matching import Compiled, Level
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
@@ -44,14 +52,17 @@ def _header(**elements: tuple[str, Any]) -> str:
     )
 
 
+def _http_port_override() -> dict[str, Any]:
+    """The store's HTTP server (QIDO-RS) on an ephemeral port, where the setting exists."""
+    if "store_http_port" in {f.name for f in dataclasses.fields(StoreConfig)}:
+        return {"store_http_port": 0}
+    return {}
+
+
 @pytest.fixture(scope="module")
 def store(postgres_server_url: str) -> Iterator[StoreThread]:
     with fresh_database(postgres_server_url) as url:
-        overrides: dict[str, Any] = {}
-        # The store's HTTP server (QIDO-RS) on an ephemeral port, where it exists.
-        if "store_http_port" in {f.name for f in dataclasses.fields(StoreConfig)}:
-            overrides["store_http_port"] = 0
-        thread = StoreThread(store_config(url, **overrides), url)
+        thread = StoreThread(store_config(url, **_http_port_override()), url)
         try:
             yield thread
         finally:
@@ -394,9 +405,9 @@ def test_time_ranges_cover_the_period_of_their_bounds(
         "-235959": {"s1", "s2", "s3"},
         "14:00": {"s2"},
     }
-    for time, expected in cases.items():
-        studies, _ = query(stub, STUDY, [("StudyTime", time)])
-        assert uids(studies, STUDY_UID) == {cat[s] for s in expected}, time
+    for tm, expected in cases.items():
+        studies, _ = query(stub, STUDY, [("StudyTime", tm)])
+        assert uids(studies, STUDY_UID) == {cat[s] for s in expected}, tm
 
 
 @pytest.mark.parametrize(
@@ -641,10 +652,7 @@ def test_page_size_above_the_maximum_is_clamped(
 
 @pytest.fixture
 def own_store(migrated_url: str) -> Iterator[StoreThread]:
-    overrides: dict[str, Any] = {}
-    if "store_http_port" in {f.name for f in dataclasses.fields(StoreConfig)}:
-        overrides["store_http_port"] = 0
-    thread = StoreThread(store_config(migrated_url, **overrides), migrated_url)
+    thread = StoreThread(store_config(migrated_url, **_http_port_override()), migrated_url)
     try:
         yield thread
     finally:
@@ -687,3 +695,53 @@ def test_matches_of_megabyte_names_come_in_messages_under_the_client_limit(
     assert [value(d, "00100010")[0]["Alphabetic"] for d in found] == names
     found, _ = query(stub, SERIES, [("PatientName", "c^x*")])
     assert [value(d, "00100010")[0]["Alphabetic"] for d in found] == [names[2]]
+
+
+def test_query_is_unavailable_while_postgres_is_down(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path)
+    try:
+        migrations.upgrade(server.url)
+        thread = StoreThread(store_config(server.url, **_http_port_override()), server.url)
+        try:
+            stub = pb_grpc.SeriesStoreStub(thread.channel())
+            assert query(stub, STUDY)[0] == []
+            server.stop()
+            deadline = time.monotonic() + 30
+            while True:
+                with pytest.raises(grpc.RpcError) as info:
+                    query(stub, STUDY, [("PatientName", "doe*")])
+                # Until the health probe notices, the query itself fails to connect:
+                # UNAVAILABLE either way.
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+                if "health probe" in str(info.value.details()) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert "health probe" in str(info.value.details())
+        finally:
+            thread.stop()
+    finally:
+        with contextlib.suppress(Exception):  # already stopped
+            server.stop()
+
+
+def _search(store: StoreThread, compiled: Compiled, **options: Any) -> list[dict[str, Any]]:
+    """find.search in-process (as QIDO-RS calls it), on the store's own event loop."""
+
+    async def collect() -> list[dict[str, Any]]:
+        return [d async for d in find.search(store.store.db, compiled, **options)]
+
+    return asyncio.run_coroutine_threadsafe(collect(), store.loop).result(60)
+
+
+@pytest.mark.parametrize("level", list(Level))
+def test_in_process_search_pages_through_every_level_without_gaps_or_repeats(
+    store: StoreThread, cat: dict[str, str], level: Level
+) -> None:
+    compiled = matching.compile_query(level, [("PatientName", "*")])
+    whole = _search(store, compiled)
+    assert len(whole) >= 4
+    assert _search(store, compiled, page_rows=1) == whole
+    assert _search(store, compiled, page_rows=3, limit=3, offset=1) == whole[1:4]
+    # The gRPC door answers the same datasets in the same order.
+    stub = pb_grpc.SeriesStoreStub(store.channel())
+    assert query(stub, int(level), [("PatientName", "*")])[0] == whole
