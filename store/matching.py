@@ -24,7 +24,8 @@ What a value means (by the attribute's VR):
   name, in any order. "jos gar" finds "GARCÍA^José"; "山田" finds "山田^太郎". A fuzzy
   value with wildcards is a wildcard match that ignores case and accents.
 - A value that cannot match by its VR's syntax (a bad date, a malformed UID, a UID list
-  longer than MAX_LIST_VALUES, a NUL character) is BadRequest naming the key.
+  longer than MAX_LIST_VALUES, more than MAX_ALTERNATIVES text/date/time alternatives or
+  MAX_FUZZY_WORDS fuzzy words, a NUL character) is BadRequest naming the key.
 Not supported: sequence matching, combined date-time matching (StudyDate with StudyTime
 as one range), DT attributes (none is catalogued), multiple values inside a range.
 Keys the catalog does not hold (or that belong to a lower level than the query's) are
@@ -47,6 +48,10 @@ from seriesflow.store.validation import is_uid, parse_date
 # A list (UIDs, alternatives) longer than this is refused: a client enumerating the catalog
 # by UID should page instead; 1000 keeps the SQL array small and the plan cheap.
 MAX_LIST_VALUES: Final = 1000
+# Alternatives that each become an SQL condition (text, dates, times), and words of a fuzzy
+# name: bounded so a hostile value cannot make a statement of megabytes.
+MAX_ALTERNATIVES: Final = 32
+MAX_FUZZY_WORDS: Final = 16
 # Keys given in one query; far above any real identifier (C-FIND identifiers hold tens).
 MAX_KEYS: Final = 500
 # Keys that steer a C-FIND but name no catalog data: accepted and not reported unsupported.
@@ -217,10 +222,10 @@ def _clean(value: str, key: str) -> str:
     return value.strip(" ")
 
 
-def _alternatives(value: str, key: str) -> list[str]:
+def _alternatives(value: str, key: str, most: int = MAX_LIST_VALUES) -> list[str]:
     parts = value.split("\\")
-    if len(parts) > MAX_LIST_VALUES:
-        raise BadRequest(key, f"lists {len(parts)} values; at most {MAX_LIST_VALUES} are accepted")
+    if len(parts) > most:
+        raise BadRequest(key, f"lists {len(parts)} values; at most {most} are accepted")
     return [p.strip(" ") for p in parts]
 
 
@@ -333,7 +338,7 @@ def _pn_test(sql: str, value: str, params: Params, fuzzy: bool) -> str:
 
 def _pn(col: str, value: str, key: str, params: Params, fuzzy: bool) -> str:
     if fuzzy and not _has_wildcard(value):
-        return _fuzzy(col, value, params)
+        return _fuzzy(col, value, key, params)
     groups = value.split("=")
     if len(groups) > 3:
         raise BadRequest(key, "a person name has at most 3 component groups (a=b=c)")
@@ -365,8 +370,12 @@ def _text_one(attr: Attribute, value: str, key: str, params: Params, fuzzy: bool
     return f"{col} = {p}"
 
 
-def _fuzzy(col: str, value: str, params: Params) -> str:
+def _fuzzy(col: str, value: str, key: str, params: Params) -> str:
     words = [w for w in _WORDS.split(value) if w]
+    if len(words) > MAX_FUZZY_WORDS:
+        raise BadRequest(
+            key, f"has {len(words)} words; fuzzy matching takes at most {MAX_FUZZY_WORDS}"
+        )
     if not words:
         return "TRUE"
     # Stored name with every separator a space, and a space in front: a word starts after
@@ -410,7 +419,8 @@ def condition(attr: Attribute, value: str, key: str, params: Params, fuzzy: bool
         return (
             "("
             + " OR ".join(
-                f"({_date_condition(attr, v, key, params)})" for v in _alternatives(value, key)
+                f"({_date_condition(attr, v, key, params)})"
+                for v in _alternatives(value, key, MAX_ALTERNATIVES)
             )
             + ")"
         )
@@ -418,14 +428,15 @@ def condition(attr: Attribute, value: str, key: str, params: Params, fuzzy: bool
         return (
             "("
             + " OR ".join(
-                f"({_time_condition(attr, v, key, params)})" for v in _alternatives(value, key)
+                f"({_time_condition(attr, v, key, params)})"
+                for v in _alternatives(value, key, MAX_ALTERNATIVES)
             )
             + ")"
         )
     if attr.vr == "IS":
         return _int_condition(attr, value, key, params)
     if attr.vr in _TEXT_VRS:
-        alternatives = _alternatives(value, key)
+        alternatives = _alternatives(value, key, MAX_ALTERNATIVES)
         if any(v in ("", "*") for v in alternatives):
             return ""
         ors = [_text_one(attr, v, key, params, fuzzy) for v in alternatives]

@@ -571,6 +571,21 @@ def test_hostile_requests_get_clear_errors(
     assert refused(lambda: query(stub, STUDY, many)).startswith("match: ")
 
 
+def test_values_that_would_make_huge_statements_are_refused(
+    stub: pb_grpc.SeriesStoreStub, cat: dict[str, str]
+) -> None:
+    details = refused(lambda: query(stub, STUDY, [("StudyDescription", "\\".join(["a*"] * 33))]))
+    assert "at most 32" in details
+    details = refused(lambda: query(stub, STUDY, [("StudyDate", "\\".join(["20240101"] * 33))]))
+    assert "at most 32" in details
+    words = " ".join(["w"] * 100_000)
+    details = refused(lambda: query(stub, PATIENT, [("PatientName", words)], fuzzy_matching=True))
+    assert "fuzzy matching takes at most 16" in details and len(details) < 300
+    # The most a request may ask for is still answered.
+    most = [("PatientName", "\\".join(f"*{n}?x*" for n in range(32)))] * 100
+    assert query(stub, STUDY, most)[0] == []
+
+
 def test_huge_values_are_queries_like_any_other(
     stub: pb_grpc.SeriesStoreStub, cat: dict[str, str]
 ) -> None:
