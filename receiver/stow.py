@@ -32,25 +32,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import itertools
 import json
 import logging
-import os
-import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import Message
-from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from prometheus_client import Counter, Histogram
 
 from seriesflow.receiver import header
+from seriesflow.receiver.bearer import TokenFile
 from seriesflow.receiver.header import HeaderError
 from seriesflow.receiver.incoming import IncomingFile
 from seriesflow.receiver.intake import (
@@ -62,6 +58,7 @@ from seriesflow.receiver.intake import (
     Intake,
     StoreCommand,
 )
+from seriesflow.receiver.part10 import FileMeta, NotPart10, split_meta
 
 _log = logging.getLogger(__name__)
 
@@ -69,143 +66,9 @@ DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 # Body bytes are read in pieces of at most this: what one request holds in memory.
 _PIECE = 256 * 1024
-# A file meta group is a few hundred bytes; more than this is not one.
-_MAX_META = 1024 * 1024
-_PREAMBLE = 128
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"})
-_LONG_VRS |= {b"UR", b"UT", b"UV"}
+_MAX_BOUNDARY = 200
 _WARNINGS_SHOWN = 20  # Warning headers per response, at most
-_RECHECK_SECONDS = 1.0
 _DRAIN_SECONDS = 10.0
-
-
-class NotPart10(Exception):
-    """A part is not a DICOM Part 10 file (no DICM prefix, or a broken file meta group)."""
-
-
-@dataclass(frozen=True)
-class FileMeta:
-    """What a part's file meta group says of its dataset."""
-
-    transfer_syntax_uid: str
-    sop_class_uid: str
-    sop_instance_uid: str
-
-
-def _ui(value: bytes) -> str:
-    return value.decode("ascii", "replace").rstrip("\0 ").strip()
-
-
-def _meta_start(buffer: bytes | bytearray, final: bool) -> int | None:
-    """Where the file meta group's first element is. PS3.10 7.1 puts a 128-byte preamble
-    and "DICM" before it; some writers leave both out (pydicom 3 writing a dataset that
-    was not read from a file, as dicomweb-client sends it), which is accepted too: the
-    group (0002) and an explicit VR say it is one."""
-    vr = bytes(buffer[4:6])
-    if buffer[:2] == b"\x02\x00" and len(vr) == 2 and vr.isalpha() and vr.isupper():
-        return 0
-    if len(buffer) < _PREAMBLE + 4:
-        if final:
-            raise NotPart10("not a DICOM Part 10 file: shorter than its preamble and prefix")
-        return None
-    if buffer[_PREAMBLE : _PREAMBLE + 4] != b"DICM":
-        raise NotPart10("not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble")
-    return _PREAMBLE + 4
-
-
-def split_meta(buffer: bytes | bytearray, final: bool) -> tuple[FileMeta, int] | None:
-    """The file meta of a Part 10 file starting in `buffer` and where its dataset begins;
-    None when more bytes are needed (`final`: there are none). Raises NotPart10."""
-    start = _meta_start(buffer, final)
-    if start is None:
-        return None
-    values: dict[int, bytes] = {}
-    pos = start
-    while True:
-        if len(buffer) - pos < 8:
-            if not final:
-                return None
-            if len(buffer) == pos:
-                break  # meta and nothing after: intake refuses the empty dataset
-            raise NotPart10("file meta group is cut short")
-        group, element = struct.unpack_from("<HH", buffer, pos)
-        if group != 0x0002:
-            break
-        vr = bytes(buffer[pos + 4 : pos + 6])
-        if vr in _LONG_VRS:
-            if len(buffer) - pos < 12:
-                if final:
-                    raise NotPart10("file meta group is cut short")
-                return None
-            (length,) = struct.unpack_from("<I", buffer, pos + 8)
-            start = pos + 12
-        else:
-            (length,) = struct.unpack_from("<H", buffer, pos + 6)
-            start = pos + 8
-        if length == 0xFFFFFFFF or start + length > _MAX_META:
-            raise NotPart10("file meta group is not explicit VR little endian of defined length")
-        if start + length > len(buffer):
-            if final:
-                raise NotPart10("file meta group is cut short")
-            return None
-        values[element] = bytes(buffer[start : start + length])
-        pos = start + length
-    syntax = _ui(values.get(0x0010, b""))
-    if not syntax:
-        raise NotPart10("file meta group has no TransferSyntaxUID (0002,0010)")
-    meta = FileMeta(syntax, _ui(values.get(0x0002, b"")), _ui(values.get(0x0003, b"")))
-    return meta, pos
-
-
-# -- bearer tokens ------------------------------------------------------------------------
-
-
-class TokenFile:
-    """Tokens allowed to store, one a line (`#` comments), compared as SHA-256 digests in
-    constant time; re-read when the file changes (inode, size or mtime, checked at most
-    once a second), so a rotated Kubernetes Secret needs no restart. The semantics of the
-    store's token files (store.auth); a file unreadable later keeps its last tokens."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._checked = 0.0
-        self._signature = self._stat()  # raises OSError at start: the receiver stops
-        self._digests = _parse_tokens(path.read_text(encoding="utf-8"))
-
-    def _stat(self) -> tuple[int, int, int]:
-        st = os.stat(self.path)
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def allows(self, token: str) -> bool:
-        presented = hashlib.sha256(token.encode()).digest()
-        found = False
-        for digest in self._current():  # no early exit: timing tells nothing
-            found |= hmac.compare_digest(presented, digest)
-        return found
-
-    def _current(self) -> list[bytes]:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._checked >= _RECHECK_SECONDS:
-                self._checked = now
-                try:
-                    signature = self._stat()
-                    if signature != self._signature:
-                        self._digests = _parse_tokens(self.path.read_text(encoding="utf-8"))
-                        self._signature = signature
-                        _log.info("STOW-RS token file re-read")
-                except (OSError, UnicodeDecodeError) as exc:
-                    _log.warning(
-                        "STOW-RS token file unreadable; keeping its previous tokens",
-                        extra={"fields": {"error": str(exc)}},
-                    )
-            return self._digests
-
-
-def _parse_tokens(text: str) -> list[bytes]:
-    lines = (line.strip() for line in text.splitlines())
-    return [hashlib.sha256(t.encode()).digest() for t in lines if t and not t.startswith("#")]
 
 
 # -- one request --------------------------------------------------------------------------
@@ -219,6 +82,18 @@ class _Outcome:
     sop_instance_uid: str
     status: int
     comment: str = ""
+
+
+class _LenientReader(MultipartReader):
+    """aiohttp's multipart reader, taking boundaries longer than RFC 2046's 70 characters:
+    Orthanc's DICOMweb plugin (1.7) sends a 73-character one, and nothing in reading a body
+    needs the limit."""
+
+    def _get_boundary(self) -> str:
+        boundary = str(self._mimetype.parameters["boundary"])
+        if len(boundary) > _MAX_BOUNDARY:
+            raise ValueError(f"boundary longer than {_MAX_BOUNDARY} characters")
+        return boundary
 
 
 class RequestTooLarge(Exception):
@@ -290,7 +165,7 @@ class StowServer:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._count])
         for path in ("/studies", "/studies/{study}"):
-            app.router.add_route("POST", path, self.store)
+            app.router.add_route("POST", path, self.store, expect_handler=self._expect)
             app.router.add_route("OPTIONS", path, self.options)
             app.router.add_route("*", path, self.not_allowed)
         return app
@@ -341,6 +216,20 @@ class StowServer:
         self.requests.labels(status=str(response.status)).inc()
         self.request_seconds.observe(time.monotonic() - started)
         return response
+
+    async def _expect(self, request: web.Request) -> web.Response | None:
+        """Expect: 100-continue (curl sends it for bodies over 1 MiB): a request refused
+        anyway (token, media type, announced size) is answered before its body is sent."""
+        refusal = self._refusal(request)
+        if refusal is not None:
+            refusal.headers["Connection"] = "close"
+            return refusal
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return _error(417, "only 'Expect: 100-continue' is understood")
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the 100 is not part of the response proper
+        return None
 
     async def options(self, request: web.Request) -> web.Response:
         return web.Response(status=204, headers={"Allow": "POST, OPTIONS", "Accept-Post": DICOM})
@@ -411,7 +300,7 @@ class StowServer:
         state = _Request(self.max_request_bytes)
         malformed = ""
         try:
-            reader = MultipartReader(request.headers, request.content)
+            reader = _LenientReader(request.headers, request.content)
             while True:
                 part = await reader.next()
                 if part is None:

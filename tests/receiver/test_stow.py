@@ -13,25 +13,29 @@ import http.client
 import io
 import json
 import os
+import socket
 import struct
 import subprocess
 import threading
 import time
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rx_dicom
+from conftest import require_tool
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from rx_harness import MakeReceiver, make_receiver, store  # noqa: F401 (fixtures)
 from rx_store import StoreProcess, series_counts, series_row, wait_for
+from rx_tools import Orthanc
 
 from seriesflow.receiver.app import Receiver
-from seriesflow.receiver.stow import NotPart10, split_meta
+from seriesflow.receiver.part10 import NotPart10, split_meta
 
 BOUNDARY = "seriesflow-test-boundary"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -453,6 +457,125 @@ def test_a_file_meta_without_media_storage_uids_takes_them_from_the_dataset(
     meta = b"\0" * 128 + b"DICM" + _element(0x0010, ExplicitVRLittleEndian)
 
     status, _, module = post(stow_port(receiver), body([meta + rx_dicom.encode(ds)]))
+
+    assert status == 200
+    assert referenced(module) == [ds.SOPInstanceUID]
+
+
+# -- Orthanc's DICOMweb plugin as the sender ------------------------------------------
+
+
+class DicomWebOrthanc(Orthanc):
+    """A private Orthanc with its DICOMweb plugin, seriesflow's STOW-RS as a server."""
+
+    def __init__(self, binary: str, folder: Path, stow_url: str, token: str) -> None:
+        super().__init__(binary, folder, receiver_port=0)
+        self.stow_url, self.token = stow_url, token
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "seriesflow-stow-test",
+            "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "index"),
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomServerEnabled": False,
+            "Plugins": [ORTHANC_DICOMWEB],
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "Servers": {
+                    "seriesflow": {
+                        "Url": self.stow_url,
+                        "HttpHeaders": {"Authorization": f"Bearer {self.token}"},
+                    }
+                },
+            },
+        }
+        config_path = self.folder / "orthanc.json"
+        config_path.write_text(json.dumps(config))
+        log = open(self.folder / "orthanc.log", "wb")  # noqa: SIM115 (lives with the process)
+        self.process = subprocess.Popen(
+            [self.binary, str(config_path)], stdout=log, stderr=log, cwd=self.folder
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError((self.folder / "orthanc.log").read_text()[-2000:])
+            try:
+                self.get("/system")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        raise TimeoutError("Orthanc did not answer on its HTTP port")
+
+
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def test_orthanc_dicomweb_plugin_sends_a_study_over_stow_rs(
+    make_receiver: MakeReceiver, store: StoreProcess, database_url: str, tmp_path: Path
+) -> None:
+    binary = require_tool("Orthanc")
+    assert Path(ORTHANC_DICOMWEB).exists(), "Debian's orthanc-dicomweb is not installed"
+    tokens = tmp_path / "stow-tokens"
+    tokens.write_text("orthanc-token\n")
+    receiver = make_receiver(store_address=store.address, stow_port=0, stow_tokens_file=tokens)
+    study_uid = rx_dicom.uid()
+    specs = [rx_dicom.SeriesSpec(study_uid=study_uid) for _ in range(2)]
+    datasets = rx_dicom.series(specs[0], 6) + rx_dicom.series(specs[1], 4)
+    url = f"http://127.0.0.1:{stow_port(receiver)}/"
+    orthanc = DicomWebOrthanc(binary, tmp_path / "orthanc", url, "orthanc-token")
+    orthanc.start()
+    try:
+        studies = {orthanc.post("/instances", part10(ds))["ParentStudy"] for ds in datasets}
+        assert len(studies) == 1
+        request = {"Resources": list(studies), "Synchronous": True}
+        orthanc.post("/dicom-web/servers/seriesflow/stow", json.dumps(request).encode())
+    finally:
+        orthanc.stop()
+
+    expected = {specs[0].series_uid: 6, specs[1].series_uid: 4}
+    wait_for(lambda: all(complete(database_url, uid, n) for uid, n in expected.items()))
+    assert series_counts(database_url) == expected
+
+
+def _head_only(port: int, headers: str) -> bytes:
+    """Send a request's head announcing a body, and read what comes back before the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            (
+                "POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: {CONTENT_TYPE}\r\nContent-Length: 1000000000\r\n"
+                f"Expect: 100-continue\r\n{headers}\r\n"
+            ).encode()
+        )
+        return sock.recv(4096)
+
+
+def test_a_refused_request_is_answered_before_its_announced_body_is_sent(
+    make_receiver: MakeReceiver, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "stow-tokens"
+    tokens.write_text("good-token\n")
+    receiver = make_receiver(stow_port=0, stow_tokens_file=tokens)
+
+    assert _head_only(stow_port(receiver), "").startswith(b"HTTP/1.1 401")
+    accepted = _head_only(stow_port(receiver), "Authorization: Bearer good-token\r\n")
+    assert accepted.startswith(b"HTTP/1.1 100 Continue")
+
+
+def test_boundaries_longer_than_rfc_2046_allows_are_read(make_receiver: MakeReceiver) -> None:
+    receiver = make_receiver(stow_port=0)
+    ds = rx_dicom.instance(rx_dicom.SeriesSpec(), 1)
+    boundary = "b" * 73  # what Orthanc's DICOMweb plugin sends
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+    status, _, module = post(
+        stow_port(receiver), body([part10(ds)], boundary), content_type=content_type
+    )
 
     assert status == 200
     assert referenced(module) == [ds.SOPInstanceUID]
