@@ -6,6 +6,8 @@
                                            its description, modality, instance count,
                                            status and preview
     GET /healthz                           200 while PostgreSQL answers the probe, else 503
+    GET /studies, /series, /instances, ... QIDO-RS searches and thumbnails (store.qido)
+    GET /openapi.json, /docs               the API described (store.apidocs)
 
 aiohttp serves it, in the store's own event loop (beside grpc.aio, sharing its pool):
 handlers are coroutines like the servicer's, and aiohttp streams responses (multipart for
@@ -14,11 +16,12 @@ is its own (SERIESFLOW_STORE_HTTP_PORT), not /metrics': that one stays open to s
 this one answers patient data.
 
 Authentication is the read scope of the gRPC API (store.auth): with bearer tokens
-configured, every route but /healthz needs `Authorization: Bearer <token>` with a token of
-the read list (401 without or with an unknown one, 403 with a write-only token). This
-server speaks plain HTTP, so with mutual-TLS authentication (client certificates) it has
-no certificate to check and refuses every route but /healthz: put it behind a TLS proxy
-that authenticates, or use tokens. Store errors map onto HTTP statuses once, in `_STATUS`.
+configured, every route but /healthz and the documentation (/openapi.json, /docs) needs
+`Authorization: Bearer <token>` with a token of the read list (401 without or with an
+unknown one, 403 with a write-only token). This server speaks plain HTTP, so with
+mutual-TLS authentication (client certificates) it has no certificate to check and refuses
+every route but those: put it behind a TLS proxy that authenticates, or use tokens. Store
+errors map onto HTTP statuses once, in `_STATUS`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any, Final
 import grpc
 from aiohttp import web
 
-from seriesflow.store import previews
+from seriesflow.store import apidocs, previews, qido
 from seriesflow.store.auth import Authenticator
 from seriesflow.store.database import Connection, Database
 from seriesflow.store.errors import (
@@ -65,6 +68,16 @@ _AUTH_STATUS: Final = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PER
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# Routes answered without credentials: health and the API's documentation. Decided by the
+# route matched, not by the path's text, so no spelling of a path can skip authentication.
+_OPEN: Final = frozenset({"/healthz", *apidocs.OPEN_PATHS, apidocs.STATIC_PREFIX})
+
+
+def _open(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in _OPEN
+
+
 def _error(status: int, reason: str, message: str, **headers: str) -> web.Response:
     body = json.dumps({"error": message, "reason": reason}, ensure_ascii=False)
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
@@ -83,11 +96,13 @@ class HttpApi:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/series/{series_uid}/preview.png", self.preview_png)
         app.router.add_get("/studies/{study_uid}/previews", self.contact_sheet)
+        qido.Qido(self._db).register(app.router)
+        apidocs.register(app.router)
         return app
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/healthz" and self._auth.mode != "none":
+        if not _open(request) and self._auth.mode != "none":
             header = request.headers.get("Authorization")
             refusal = self._auth.check(
                 "read", [("authorization", header)] if header is not None else [], names=[]
