@@ -68,6 +68,7 @@ DICOM_JSON = "application/dicom+json"
 _PIECE = 256 * 1024
 _MAX_BOUNDARY = 200
 _WARNINGS_SHOWN = 20  # Warning headers per response, at most
+_CLIENT_CLOSED = 499  # nginx's "client closed request", for the requests counter
 _DRAIN_SECONDS = 10.0
 
 
@@ -253,6 +254,11 @@ class StowServer:
             response = await self._store(request, key, request.match_info.get("study", ""))
             released = True
             return response
+        except ConnectionError:
+            # The client went away mid-body: like an aborted association, its series get
+            # the idle wait, not the release grace; what it fully sent before is stored.
+            _log.info("STOW-RS client closed the connection mid-request")
+            return web.Response(status=_CLIENT_CLOSED)  # counted; no one reads it
         finally:
             self.intake.association_ended(key, released)
 

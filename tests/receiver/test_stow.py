@@ -579,3 +579,44 @@ def test_boundaries_longer_than_rfc_2046_allows_are_read(make_receiver: MakeRece
 
     assert status == 200
     assert referenced(module) == [ds.SOPInstanceUID]
+
+
+def test_a_client_that_disconnects_mid_instance_leaves_nothing_behind(
+    make_receiver: MakeReceiver,
+) -> None:
+    receiver = make_receiver(stow_port=0)
+    ds = rx_dicom.instance(rx_dicom.SeriesSpec(size=512), 1)  # 512 KiB of pixels
+    payload = body([part10(ds)])
+    with socket.create_connection(("127.0.0.1", stow_port(receiver)), timeout=10) as sock:
+        sock.sendall(
+            (
+                "POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: {CONTENT_TYPE}\r\nContent-Length: {len(payload)}\r\n\r\n"
+            ).encode()
+            + payload[: len(payload) // 2]
+        )
+        wait_for(lambda: any(receiver.intake.incoming.directory.glob("*.part")))
+
+    wait_for(lambda: not any(receiver.intake.incoming.directory.glob("*.part")))
+    registry = receiver.metrics.registry
+    wait_for(lambda: registry.get_sample_value("seriesflow_receiver_associations_active") == 0)
+    closed = {"status": "499"}  # the client closed the connection
+    answered = registry.get_sample_value("seriesflow_receiver_stow_requests_total", closed)
+    assert answered == 1
+    assert receiver.spool.stats()[0] == 0
+
+
+def test_a_body_cut_short_stores_the_instances_before_the_cut_and_refuses_the_cut_one(
+    make_receiver: MakeReceiver,
+) -> None:
+    receiver = make_receiver(stow_port=0)
+    whole, cut = rx_dicom.series(rx_dicom.SeriesSpec(size=64), 2)
+    payload = body([part10(whole), part10(cut)])
+    payload = payload[: payload.rindex(f"--{BOUNDARY}--".encode()) - 1000]  # in its pixels
+
+    status, _, module = post(stow_port(receiver), payload)
+
+    assert status == 202
+    assert referenced(module) == [whole.SOPInstanceUID]
+    # The cut instance, and the body itself (no closing delimiter).
+    assert sorted(failures(module)) == [("", 0xC000), (cut.SOPInstanceUID, 0xC000)]
