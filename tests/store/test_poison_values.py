@@ -29,7 +29,7 @@ from st_harness import (  # noqa: F401 (fixtures)
     uid,
 )
 
-from seriesflow.store import queries
+from seriesflow.store import matching, queries
 from seriesflow.store.validation import MAX_INSTANCE_SIZE
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
@@ -138,24 +138,27 @@ def test_long_incompressible_text_is_stored_exactly_and_found_by_every_filter(
 
 
 @pytest.mark.parametrize(
-    ("table", "column", "index"),
+    ("table", "keyword", "index"),
     [
-        ("series s", "s.modality", "series_modality_keyset"),
-        ("studies st", "st.accession_number", "studies_accession_number"),
-        ("patients p", "p.patient_id", "patients_identity_key"),
+        ("series s", "Modality", "series_modality_keyset"),
+        ("studies st", "AccessionNumber", "studies_accession_number"),
+        ("patients p", "PatientID", "patients_identity_key"),
     ],
 )
 def test_each_text_filter_is_an_index_scan(
-    migrated_url: str, table: str, column: str, index: str
+    migrated_url: str, table: str, keyword: str, index: str
 ) -> None:
+    # The exact-match condition the list RPCs, Query and QIDO-RS all use (store.matching).
     alias = table.split()[1]
+    params = matching.Params()
+    condition = matching.compile_filter(keyword, noise(5_000, 9), keyword, params)
     sql = (
-        f"EXPLAIN SELECT {alias}.id FROM {table} WHERE {queries._equals(column, 'v')}"
+        f"EXPLAIN SELECT {alias}.id FROM {table} WHERE {condition}"
         f" ORDER BY {alias}.id DESC LIMIT 101"
     )
     with psycopg.connect(migrated_url) as conn:
         conn.execute("SET enable_seqscan = off")  # tables are empty: force the choice
-        plan = "\n".join(r[0] for r in conn.execute(sql, {"v": noise(5_000, 9)}).fetchall())
+        plan = "\n".join(r[0] for r in conn.execute(sql, params.values).fetchall())
     assert index in plan, plan
 
 
