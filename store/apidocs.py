@@ -312,8 +312,9 @@ def document() -> dict[str, Any]:
                     "name": "limit",
                     "in": "query",
                     "required": False,
-                    "description": "at most this many matches",
-                    "schema": {"type": "integer", "minimum": 1},
+                    "description": "at most this many matches (without it: all of them, "
+                    "streamed; the store has no maximum)",
+                    "schema": {"type": "integer", "minimum": 0},
                 },
                 "offset": {
                     "name": "offset",

@@ -87,7 +87,7 @@ class _Search:
     match: list[tuple[str, str]]
     include: list[str]
     fuzzy: bool = False
-    limit: int = 0
+    limit: int | None = None  # None: no limit (results are streamed, no system maximum)
     offset: int = 0
     accept: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -142,15 +142,15 @@ def _headers(request: web.Request, warnings: Sequence[str]) -> list[tuple[str, s
     return [("Warning", _warning(service, w)) for w in shown]
 
 
-def _integer(query: MultiMapping[str], name: str, minimum: int) -> int:
+def _integer(query: MultiMapping[str], name: str) -> int | None:
     values = query.getall(name, [])
     if not values:
-        return 0
+        return None
     if len(values) > 1:
         raise BadRequest(name, "given more than once")
     text = values[0].strip()
-    if not text.isdigit() or int(text) < minimum:
-        raise BadRequest(name, f"{text[:32]!r} is not an integer of at least {minimum}")
+    if not text.isascii() or not text.isdigit():
+        raise BadRequest(name, f"{text[:32]!r} is not an unsigned integer")
     return int(text)
 
 
@@ -182,8 +182,8 @@ def parse(
     """A search from the query parameters; `path` are the UID keys of the target resource,
     `implicit` the include fields its target adds. BadRequest names the culprit."""
     search = _Search(level, list(path), list(implicit))
-    search.limit = _integer(query, "limit", 1)
-    search.offset = _integer(query, "offset", 0)
+    search.limit = _integer(query, "limit")
+    search.offset = _integer(query, "offset") or 0
     search.fuzzy = _flag(query, "fuzzymatching")
     for name, text in _UNSUPPORTED_FLAGS.items():
         if _flag(query, name):
@@ -298,12 +298,17 @@ class Qido:
             "; not used for matching or returned"
             for u in compiled.unsupported
         ]
-        matches = find.search(self._db, compiled, limit=search.limit, offset=search.offset)
-        first = await anext(matches, None)
+        matches = find.search(self._db, compiled, limit=search.limit or 0, offset=search.offset)
+        # limit=0 asks for no results (PS3.18 8.3.4.4.1: results <= 0 is a 204).
+        first = None if search.limit == 0 else await anext(matches, None)
         headers = _headers(request, warnings)
         if first is None:
             await self._require_parent(study, series)
             return web.Response(status=204, headers=headers)
+        if request.method == "HEAD":
+            # aiohttp sends whatever a StreamResponse writes, even to HEAD: the status and
+            # headers of the GET, no body.
+            return web.Response(status=200, headers=headers, content_type=kind)
         response = web.StreamResponse(status=200, headers=headers)
         response.content_type = kind
         await response.prepare(request)

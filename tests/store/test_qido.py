@@ -261,10 +261,11 @@ def test_limit_and_offset_page_through_one_order(
     assert [i for p in pages for i in p] == whole
     # dicomweb-client's get_remaining pages with offset until an empty answer (our 204).
     assert client.search_for_instances(cat["s3"], cat["d"], limit=2, get_remaining=True) == whole
-    assert (
-        get(store, f"/studies/{cat['s3']}/series/{cat['d']}/instances?offset={BIG}").status_code
-        == 204
-    )
+    instances = f"/studies/{cat['s3']}/series/{cat['d']}/instances"
+    assert get(store, f"{instances}?offset={BIG}").status_code == 204
+    # limit is an unsigned integer; 0 asks for no results (PS3.18 8.3.4.4.1).
+    assert get(store, f"{instances}?limit=0").status_code == 204
+    assert get(store, f"/studies/{uid()}/series?limit=0").status_code == 404
 
 
 def test_fuzzy_matching_ignores_case_accents_and_word_order(
@@ -306,6 +307,27 @@ def test_no_match_is_204_without_a_body(store: StoreThread, cat: dict[str, str])
     assert response.status_code == 204
 
 
+def test_head_answers_the_status_and_headers_of_get_without_a_body(
+    store: StoreThread, cat: dict[str, str]
+) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", store.store.http_port, timeout=10)
+    try:
+        for path, status in (("/studies?PatientAge=1", 200), ("/studies?PatientID=NOBODY", 204)):
+            connection.request("HEAD", path)
+            response = connection.getresponse()
+            assert response.status == status and response.read() == b"", path
+            if status == 200:
+                assert "PatientAge" in response.getheader("Warning", ""), path
+        # The connection is still in step: the next answer is the next request's.
+        connection.request("GET", f"/studies?StudyInstanceUID={cat['s1']}")
+        response = connection.getresponse()
+        assert response.status == 200 and uids(json.loads(response.read()), STUDY_UID) == {
+            cat["s1"]
+        }
+    finally:
+        connection.close()
+
+
 def test_malformed_queries_are_400_naming_what_is_wrong(store: StoreThread) -> None:
     cases = {
         "/studies?StudyDate=20240230": "query key 'StudyDate'",
@@ -314,6 +336,7 @@ def test_malformed_queries_are_400_naming_what_is_wrong(store: StoreThread) -> N
         "/studies?includefield=NoSuchKeyword": "includefield",
         "/studies?includefield=00100010&PatientName=Doe\\a\\b\\c\\d" + "\\x" * 1000: "at most",
         "/studies?limit=-1": "limit",
+        "/studies?limit=\uff11": "limit",  # FULLWIDTH DIGIT ONE: isdigit() to Python
         "/studies?limit=ten": "limit",
         "/studies?offset=x": "offset",
         "/studies?fuzzymatching=maybe": "fuzzymatching",
