@@ -24,6 +24,7 @@ from seriesflow.receiver.admission import Admission, load_credentials
 from seriesflow.receiver.bearer import TokenFile
 from seriesflow.receiver.config import ReceiverConfig
 from seriesflow.receiver.contexts import Policy, Preference
+from seriesflow.receiver.find import Finder
 from seriesflow.receiver.flusher import Flusher
 from seriesflow.receiver.health import HealthServer
 from seriesflow.receiver.incoming import Incoming
@@ -187,6 +188,17 @@ class Receiver:
             association_request_timeout=config.association_request_timeout,
             max_associate_request_bytes=config.max_associate_request_bytes,
             policy=policy,
+            finder=Finder(  # C-FIND, answered by the store's Query RPC with the read token
+                config.store_address,
+                config.ae_title,
+                channel_credentials=client.credentials(
+                    config.store_tls_ca, config.store_tls_cert, config.store_tls_key
+                ),
+                options=client.channel_options(
+                    config.grpc_keepalive_time, config.grpc_keepalive_timeout
+                ),
+                read_token_file=config.store_read_token_file,
+            ),
         )
         self.dicom.start()
 

@@ -90,6 +90,20 @@ def _stow_tokens_file(text: str) -> Path | None:
     return path
 
 
+def _read_token_file(text: str) -> Path | None:
+    """The path, checked now: a missing file or one without a token stops the receiver at
+    start rather than failing every C-FIND later."""
+    path = _optional_path(text)
+    if path is not None:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read it ({exc})") from None
+        if not any(line.strip() and not line.strip().startswith("#") for line in lines):
+            raise ValueError("it holds no token (one line, the token)")
+    return path
+
+
 @dataclasses.dataclass(frozen=True)
 class ReceiverConfig:
     """Everything the receiver reads at start; see `seriesflow receiver --help`."""
@@ -281,6 +295,13 @@ class ReceiverConfig:
         _optional_path,
         "file holding the bearer token sent to the store (authorization metadata); "
         "re-read on each reconnect; empty sends none",
+    )
+    store_read_token_file: Path | None = setting(
+        "",
+        _read_token_file,
+        "file holding the bearer token C-FIND queries send to the store: the store's read "
+        "scope (the write token of SERIESFLOW_STORE_TOKEN_FILE cannot query); read per query; "
+        "empty sends none",
     )
     grpc_keepalive_time: float = setting(
         "20",

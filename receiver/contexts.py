@@ -6,8 +6,10 @@ syntaxes. With `accept_unknown_sop_classes` (the default; storescp --promiscuous
 UnknownSopClassAccepted) also any abstract syntax that is not a known non-storage service
 (private classes such as Siemens CSA Non-Image, IODs newer than our SOP class list): a
 storage node's job is to keep what modalities send, and a refused context is usually lost
-quietly at the sender. Query/retrieve, worklist, commitment, print and other services we
-do not offer are always refused, so a sender never believes we answer C-FIND.
+quietly at the sender. With a C-FIND service (`find`), the Patient Root and Study Root
+FIND models in the uncompressed syntaxes but deflate (receiver.find answers them through the
+store). C-MOVE, C-GET, worklist, commitment, print and other services we do not offer are
+always refused: no pixel data is kept, so there is nothing to retrieve.
 
 docs/conformance.md publishes these lists; tests/test_conformance.py keeps the two equal.
 """
@@ -26,6 +28,9 @@ from pynetdicom.sop_class import uid_to_service_class
 VERIFICATION = "1.2.840.10008.1.1"
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: a file, never sent by C-STORE
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+FIND_SOP_CLASSES = (PATIENT_ROOT_FIND, STUDY_ROOT_FIND)
 
 UNCOMPRESSED = (
     "1.2.840.10008.1.2",  # implicit VR little endian
@@ -73,6 +78,9 @@ ENCAPSULATED = (
     "1.2.840.10008.1.2.8.1",  # deflated image frame compression
 )
 TRANSFER_SYNTAXES = (*UNCOMPRESSED, *ENCAPSULATED)
+# C-FIND identifiers are read and written by receiver.find with pydicom; deflate would need
+# inflating and deflating each one for no gain on a few hundred bytes.
+FIND_TRANSFER_SYNTAXES = tuple(s for s in UNCOMPRESSED if s != "1.2.840.10008.1.2.1.99")
 
 STORAGE_SOP_CLASSES = frozenset(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts if cx.abstract_syntax
@@ -112,11 +120,13 @@ class Policy:
     accept_unknown_sop_classes: bool = True
     accept_unknown_transfer_syntaxes: bool = False
     preference: Preference = "sender"
+    find: bool = False  # the engine has a C-FIND service (receiver.find)
 
     def serves(self, abstract_syntax: str) -> bool:
-        """Whether we act as SCP of this SOP class (verification or storage)."""
+        """Whether we act as SCP of this SOP class (verification, storage, FIND)."""
         return (
             abstract_syntax == VERIFICATION
+            or (self.find and abstract_syntax in FIND_SOP_CLASSES)
             or abstract_syntax in STORAGE_SOP_CLASSES
             or (self.accept_unknown_sop_classes and is_unknown_sop_class(abstract_syntax))
         )
@@ -127,6 +137,8 @@ class Policy:
         if abstract_syntax == VERIFICATION:
             supported: tuple[str, ...] = UNCOMPRESSED
             unknown_ok = False
+        elif self.find and abstract_syntax in FIND_SOP_CLASSES:
+            supported, unknown_ok = FIND_TRANSFER_SYNTAXES, False
         elif abstract_syntax in STORAGE_SOP_CLASSES or (
             self.accept_unknown_sop_classes and is_unknown_sop_class(abstract_syntax)
         ):

@@ -17,7 +17,8 @@ together.
 
 Command fragments are small and kept in memory (up to _MAX_COMMAND); dataset fragments go
 straight to their sink, a receiver.incoming file for a C-STORE, so no dataset is ever
-held here. Pure bookkeeping: receiver.server does the I/O and answers the messages.
+held here (a C-FIND identifier, a few hundred bytes, is kept in memory up to a bound).
+Pure bookkeeping: receiver.server does the I/O and answers the messages.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import enum
 from typing import Protocol
 
 from seriesflow.receiver import pdu
+from seriesflow.receiver.contexts import FIND_SOP_CLASSES
 from seriesflow.receiver.incoming import Incoming
 
+C_FIND_RQ = 0x0020
 # A command set is a few hundred bytes; this bounds what a hostile peer can make us hold.
 _MAX_COMMAND = 64 * 1024
 
@@ -59,6 +62,35 @@ class Discard:
 
     def discard(self) -> None:
         pass
+
+
+class Identifier:
+    """A C-FIND identifier, kept in memory up to `limit` bytes; beyond it the bytes are
+    dropped and `overflowed` is set (the request is then refused, the association goes on)."""
+
+    def __init__(self, limit: int) -> None:
+        self.received_bytes = 0
+        self.limit = limit
+        self.data = bytearray()
+        self.overflowed = False
+
+    def write(self, fragment: bytes | memoryview) -> None:
+        self.received_bytes += len(fragment)
+        if self.received_bytes > self.limit:
+            self.overflowed = True
+            self.data.clear()
+        else:
+            self.data += fragment
+
+    def finish(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        self.data.clear()
+
+
+# C-FIND identifiers held in memory at most (a real one is a few hundred bytes).
+MAX_IDENTIFIER_BYTES = 1024 * 1024
 
 
 class State(enum.Enum):
@@ -148,10 +180,14 @@ class Assembler:
         return message
 
     def _sink(self, message: Message) -> Sink:
-        """A file for a C-STORE we will read; a counter for anything we answer unread."""
-        if message.command_field != pdu.C_STORE_RQ:
-            return Discard()
+        """A file for a C-STORE we will read, memory for a C-FIND identifier on a FIND
+        context; a counter for anything we answer unread."""
         abstract, syntax = self.contexts[message.context_id]
+        field = message.command_field
+        if field == C_FIND_RQ and abstract in FIND_SOP_CLASSES:
+            return self._identifier(message, abstract)
+        if field != pdu.C_STORE_RQ:
+            return Discard()
         sop_class = pdu.ui(message.command, 0x0002)
         if sop_class and sop_class != abstract:
             # PS3.7 9.1.1: a C-STORE travels on a context of its own SOP class.
@@ -161,6 +197,16 @@ class Assembler:
             )
             return Discard()
         return self.incoming.create(syntax)
+
+    def _identifier(self, message: Message, abstract: str) -> Sink:
+        sop_class = pdu.ui(message.command, 0x0002)
+        if sop_class and sop_class != abstract:
+            message.refusal = (  # PS3.7 9.1.2: as for C-STORE, the context's own SOP class
+                pdu.SOP_CLASS_NOT_SUPPORTED,
+                f"SOP class not negotiated on presentation context {message.context_id}",
+            )
+            return Discard()
+        return Identifier(MAX_IDENTIFIER_BYTES)
 
     def close(self) -> None:
         """The association ended: drop a dataset still being received."""

@@ -1,4 +1,5 @@
-"""The receiver's DICOM engine: an asyncio Storage SCP (C-STORE and C-ECHO), one event loop.
+"""The receiver's DICOM engine: an asyncio Storage SCP (C-STORE and C-ECHO), one event loop;
+also a C-FIND SCP when given a receiver.find.Finder (queries answered by the store).
 
 Why not pynetdicom's server: it polls (each association runs two threads that sleep 1 ms
 between checks), which capped one sender near 250 instances/s and burned a core on
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import socket
@@ -24,13 +26,15 @@ from seriesflow.receiver import pdu
 from seriesflow.receiver.admission import Admission
 from seriesflow.receiver.contexts import (
     ACCEPTANCE,
+    FIND_SOP_CLASSES,
     REJECTION_REASONS,
     USER_REJECTION,
     Policy,
 )
+from seriesflow.receiver.find import IDENTIFIER_DOES_NOT_MATCH, Find, Finder
 from seriesflow.receiver.incoming import IncomingFile
 from seriesflow.receiver.intake import CANNOT_UNDERSTAND, SUCCESS, Answer, Intake, StoreCommand
-from seriesflow.receiver.messages import Assembler, Message, State
+from seriesflow.receiver.messages import C_FIND_RQ, Assembler, Identifier, Message, State
 
 _log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class DicomServer:
         association_request_timeout: float = 5.0,
         max_associate_request_bytes: int = 64 * 1024,
         policy: Policy | None = None,
+        finder: Finder | None = None,
     ) -> None:
         self.intake = intake
         self.host, self.requested_port = host, port
@@ -86,7 +91,9 @@ class DicomServer:
         self.max_pending_connections = max_pending_connections
         self.association_request_timeout = association_request_timeout
         self.max_associate_request_bytes = max_associate_request_bytes
-        self.policy = policy or Policy()
+        # The FIND models are negotiated only when there is a C-FIND service to answer them.
+        self.finder = finder
+        self.policy = dataclasses.replace(policy or Policy(), find=finder is not None)
         # Not yet associated, oldest first: when full, the oldest is dropped for the newest
         # (a real sender's A-ASSOCIATE-RQ follows its connect at once; an idle one never does).
         self.pending: dict[int, _Association] = {}
@@ -141,6 +148,8 @@ class DicomServer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        if self.finder is not None:
+            await self.finder.close()
 
     # -- one association --------------------------------------------------------------
 
@@ -220,6 +229,9 @@ class _Association:
         self.calling = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract, transfer syntax)
         self.peer_max_pdu = 0
+        # The C-FIND in progress: it runs as its own task so that its C-CANCEL-RQ is read.
+        self.find: Find | None = None
+        self.find_task: asyncio.Task[None] | None = None
         sock = writer.get_extra_info("socket")
         self.sock: socket.socket | None = sock
         if sock is not None:
@@ -420,12 +432,18 @@ class _Association:
                     raise pdu.UnexpectedPdu(
                         f"A-RELEASE-RQ in the middle of a message ({assembler.state.value})"
                     )
+                await self.finish_find()  # its final response goes before A-RELEASE-RP
                 self.send(pdu.release_rp())
                 await self.drain()
                 self.released = True
                 return
         finally:
             assembler.close()
+            task = self.find_task
+            if task is not None and not task.done():
+                task.cancel()  # the association is gone: nobody to answer
+            elif task is not None and not task.cancelled():
+                task.exception()  # retrieved: a failure was already handled in the task
 
     async def read_exactly(self, size: int) -> bytes:
         """`size` bytes; the peer gets the network timeout for each piece, not per PDU."""
@@ -460,7 +478,13 @@ class _Association:
         command = message.command
         field = message.command_field
         if field == pdu.C_CANCEL_RQ:
-            return  # PS3.7 9.3.2.3: no response; nothing of ours is cancellable anyway
+            # PS3.7 9.3.2.3: no response of its own; a C-FIND it names ends with Cancel.
+            if self.find is not None and pdu.us(command, 0x0120) == self.find.message_id:
+                self.find.cancel()
+            return
+        # One operation at a time (no asynchronous window): a request that arrives while a
+        # C-FIND is still answering is answered after it.
+        await self.finish_find()
         if field & pdu.RESPONSE_BIT:
             _log.info(
                 "DIMSE response received and ignored (this SCP sends no requests)",
@@ -471,6 +495,9 @@ class _Association:
         abstract, _ = self.contexts[message.context_id]
         # N-GET, N-SET, N-ACTION and N-DELETE name their class and instance "Requested".
         sop_class = pdu.ui(command, 0x0002) or pdu.ui(command, 0x0003) or abstract
+        if field == C_FIND_RQ and abstract in FIND_SOP_CLASSES and self.server.finder:
+            self.start_find(message, message_id, sop_class)
+            return
         if field == pdu.C_ECHO_RQ:
             reply = pdu.response(pdu.C_ECHO_RSP, message_id, sop_class, None, SUCCESS)
         elif field == pdu.C_STORE_RQ:
@@ -500,6 +527,65 @@ class _Association:
                 f"{name} is not offered by this Storage SCP",
             )
         self.send(pdu.p_data(message.context_id, reply, self.peer_max_pdu))
+        await self.drain()
+
+    def start_find(self, message: Message, message_id: int, sop_class: str) -> None:
+        """Answer a C-FIND in its own task (receiver.find): reading goes on meanwhile, for
+        its C-CANCEL-RQ; finish_find() waits for it before anything else is answered."""
+        finder = self.server.finder
+        assert finder is not None
+        _, syntax = self.contexts[message.context_id]
+        find = Find(
+            finder,
+            message_id,
+            message.context_id,
+            sop_class,
+            syntax,
+            self.send_and_drain,
+            self.peer_max_pdu,
+        )
+        sink = message.dataset
+        identifier: bytes | None = None
+        refusal = message.refusal
+        if isinstance(sink, Identifier):
+            if sink.overflowed:
+                refusal = refusal or (IDENTIFIER_DOES_NOT_MATCH, "identifier larger than 1 MiB")
+            identifier = bytes(sink.data)
+        fields = {**self.peer_fields(), "message_id": message_id, "sop_class": sop_class}
+
+        async def run() -> None:
+            try:
+                outcome = await find.run(identifier, refusal)
+            except (PeerNotReading, ConnectionError):
+                # As for any response: nothing more can reach the peer; the read loop ends.
+                self.writer.transport.abort()
+                return
+            _log.info(
+                "C-FIND answered",
+                extra={
+                    "fields": {
+                        **fields,
+                        "status": f"0x{outcome.status:04X}",
+                        "matches": outcome.matches,
+                        "comment": outcome.comment,
+                    }
+                },
+            )
+
+        self.find = find
+        self.find_task = asyncio.create_task(run())
+
+    async def finish_find(self) -> None:
+        """Wait for the C-FIND in progress, if any, to send its final response."""
+        task, self.find_task = self.find_task, None
+        if task is not None:
+            try:
+                await task
+            finally:
+                self.find = None
+
+    async def send_and_drain(self, data: bytes) -> None:
+        self.send(data)
         await self.drain()
 
     async def store(self, message: Message) -> Answer:

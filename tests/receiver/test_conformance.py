@@ -15,11 +15,12 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from rx_harness import MakeReceiver, make_receiver  # noqa: F401 (fixtures)
 
-from seriesflow.receiver import admission, contexts, intake, pdu, server
+from seriesflow.receiver import admission, contexts, find, intake, pdu, server
 from seriesflow.receiver.config import ReceiverConfig
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 SIEMENS_CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"
 
 
@@ -39,7 +40,10 @@ def _status(text: str) -> int:
 def test_the_sop_class_table_is_what_the_engine_accepts() -> None:
     documented = [row[1] for row in table("sop-classes")]
     assert len(documented) == len(set(documented))
-    assert set(documented) == contexts.STORAGE_SOP_CLASSES | {contexts.VERIFICATION}
+    assert set(documented) == contexts.STORAGE_SOP_CLASSES | {
+        contexts.VERIFICATION,
+        *contexts.FIND_SOP_CLASSES,
+    }
 
 
 def test_the_transfer_syntax_table_is_what_the_engine_accepts() -> None:
@@ -47,6 +51,19 @@ def test_the_transfer_syntax_table_is_what_the_engine_accepts() -> None:
     assert [row[1] for row in rows] == list(contexts.TRANSFER_SYNTAXES)
     assert all(row[2] == "yes" for row in rows)
     assert [row[1] for row in rows if row[3] == "yes"] == list(contexts.UNCOMPRESSED)
+    assert [row[1] for row in rows if row[4] == "yes"] == list(contexts.FIND_TRANSFER_SYNTAXES)
+
+
+def test_the_find_status_table_is_the_c_find_scps() -> None:
+    documented = {_status(row[0]) for row in table("find-statuses")}
+    assert documented == {
+        find.SUCCESS,
+        find.PENDING,
+        find.PENDING_WARNING,
+        find.CANCEL,
+        pdu.SOP_CLASS_NOT_SUPPORTED,
+        *find.GRPC_STATUS.values(),
+    }
 
 
 def test_the_status_tables_are_intakes() -> None:
@@ -104,6 +121,7 @@ def test_a_real_association_negotiates_what_the_document_states(
     ae.add_requested_context(rx_dicom.CT_IMAGE_STORAGE, "1.2.840.10008.1.2.1")
     ae.add_requested_context(SIEMENS_CSA_NON_IMAGE, "1.2.840.10008.1.2.1")
     ae.add_requested_context(STUDY_ROOT_FIND, "1.2.840.10008.1.2.1")
+    ae.add_requested_context(STUDY_ROOT_MOVE, "1.2.840.10008.1.2.1")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", receiver.dicom_port, ae_title="STORESCP")
     assert assoc.is_established
@@ -117,10 +135,11 @@ def test_a_real_association_negotiates_what_the_document_states(
             (rx_dicom.CT_IMAGE_STORAGE, "1.2.840.10008.1.2.4.203"),
             (rx_dicom.CT_IMAGE_STORAGE, "1.2.840.10008.1.2.1"),
             (SIEMENS_CSA_NON_IMAGE, "1.2.840.10008.1.2.1"),
+            (STUDY_ROOT_FIND, "1.2.840.10008.1.2.1"),
             (Verification, "1.2.840.10008.1.2"),
         }
         assert [(cx.abstract_syntax, cx.result) for cx in assoc.rejected_contexts] == [
-            (STUDY_ROOT_FIND, contexts.ABSTRACT_SYNTAX_NOT_SUPPORTED)
+            (STUDY_ROOT_MOVE, contexts.ABSTRACT_SYNTAX_NOT_SUPPORTED)
         ]
         assert assoc.send_c_echo().Status == 0x0000
         spec = rx_dicom.SeriesSpec()

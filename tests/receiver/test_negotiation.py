@@ -33,7 +33,7 @@ from seriesflow.receiver.config import ReceiverConfig
 IMPLICIT = "1.2.840.10008.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
 SIEMENS_CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"  # no C-MOVE: nothing is kept to retrieve
 ENCAPSULATED_SENT_AS_IS = {
     "1.2.840.10008.1.2.4.100": "MPEG-2 MP@ML",
     "1.2.840.10008.1.2.4.102": "MPEG-4 AVC/H.264 HP@4.1",
@@ -120,12 +120,12 @@ def test_a_private_storage_class_is_accepted_and_stored_while_query_retrieve_is_
     del ds.PixelData
     assoc = rx_send.associate(
         receiver.dicom_port,
-        contexts=[(SIEMENS_CSA_NON_IMAGE, [EXPLICIT]), (STUDY_ROOT_FIND, [EXPLICIT])],
+        contexts=[(SIEMENS_CSA_NON_IMAGE, [EXPLICIT]), (STUDY_ROOT_MOVE, [EXPLICIT])],
     )
     try:
         assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [SIEMENS_CSA_NON_IMAGE]
         assert [(cx.abstract_syntax, cx.result) for cx in assoc.rejected_contexts] == [
-            (STUDY_ROOT_FIND, 3)
+            (STUDY_ROOT_MOVE, 3)
         ]
         assert rx_send.store(assoc, ds).status == 0
     finally:
