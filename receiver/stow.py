@@ -55,6 +55,7 @@ from seriesflow.receiver.intake import (
     OUT_OF_RESOURCES,
     SUCCESS,
     Answer,
+    Committing,
     Intake,
     StoreCommand,
 )
@@ -67,6 +68,8 @@ DICOM_JSON = "application/dicom+json"
 # Body bytes are read in pieces of at most this: what one request holds in memory.
 _PIECE = 256 * 1024
 _MAX_BOUNDARY = 200
+# Instances of one request waiting for their group commit, at most (their files wait too).
+_MAX_QUEUED = 64
 _WARNINGS_SHOWN = 20  # Warning headers per response, at most
 _CLIENT_CLOSED = 499  # nginx's "client closed request", for the requests counter
 _DRAIN_SECONDS = 10.0
@@ -102,12 +105,65 @@ class RequestTooLarge(Exception):
 
 
 @dataclass
+class _Queued:
+    """An instance intake queued for the spool's group commit; its file waits with it
+    (Committing.complete may keep it for the series' preview)."""
+
+    step: Committing
+    incoming: IncomingFile
+    sop_class_uid: str
+    sop_instance_uid: str
+
+    def settle(self) -> _Outcome:
+        """Once `step.committed` is done: tell the tracker, let go of the file."""
+        try:
+            answer = self.step.complete()
+        finally:
+            self.incoming.discard()
+        return _Outcome(self.sop_class_uid, self.sop_instance_uid, answer.status, answer.comment)
+
+
+@dataclass
 class _Request:
-    """The state of one POST: its outcomes and the body bytes read so far."""
+    """The state of one POST: each part's result, and the body bytes read so far.
+
+    A part's group commit is not awaited before the next part is read: the answer comes
+    only at the end of the request, so the parts share commits (C-STORE, answered per
+    instance, cannot) and every one is committed before the answer all the same."""
 
     max_bytes: int
-    outcomes: list[_Outcome] = field(default_factory=list)
+    results: list[_Outcome | _Queued] = field(default_factory=list)
     body_bytes: int = 0
+    _settled: int = 0  # results before this index are all settled
+
+    @property
+    def outcomes(self) -> list[_Outcome]:
+        return [r for r in self.results if isinstance(r, _Outcome)]
+
+    def settle_committed(self) -> None:
+        """Settle what the spool has committed meanwhile (without waiting)."""
+        for index in range(self._settled, len(self.results)):
+            result = self.results[index]
+            if isinstance(result, _Queued) and result.step.committed.done():
+                self.results[index] = result.settle()
+        while self._settled < len(self.results) and isinstance(
+            self.results[self._settled], _Outcome
+        ):
+            self._settled += 1
+
+    async def settle(self, at_most_queued: int = 0) -> None:
+        """Wait for the oldest queued commits until at most `at_most_queued` remain."""
+        queued = [
+            i
+            for i in range(self._settled, len(self.results))
+            if isinstance(self.results[i], _Queued)
+        ]
+        for index in queued[: max(0, len(queued) - at_most_queued)]:
+            result = self.results[index]
+            assert isinstance(result, _Queued)
+            with contextlib.suppress(Exception):  # settle() turns failures into statuses
+                await asyncio.wrap_future(result.step.committed)
+            self.results[index] = result.settle()
 
     async def piece(self, part: BodyPartReader) -> bytes:
         data = await part.read_chunk(_PIECE)
@@ -118,6 +174,9 @@ class _Request:
 
 
 def _media_type(value: str) -> tuple[str, dict[str, str]]:
+    """A Content-Type's type/subtype and parameters, unquoted (RFC 9110 8.3.1)."""
+    if not value.strip():
+        return "", {}
     message = Message()
     message["content-type"] = value
     params = {k.lower(): str(v) for k, v in message.get_params([])[1:]}
@@ -306,14 +365,21 @@ class StowServer:
         state = _Request(self.max_request_bytes)
         malformed = ""
         try:
-            reader = _LenientReader(request.headers, request.content)
-            while True:
-                part = await reader.next()
-                if part is None:
-                    break
-                if not isinstance(part, BodyPartReader):
-                    raise ValueError("nested multipart parts are not supported")
-                state.outcomes.append(await self._part(state, part, key, study))
+            try:
+                reader = _LenientReader(request.headers, request.content)
+                while True:
+                    part = await reader.next()
+                    if part is None:
+                        break
+                    if not isinstance(part, BodyPartReader):
+                        raise ValueError("nested multipart parts are not supported")
+                    state.results.append(await self._part(state, part, key, study))
+                    state.settle_committed()
+                    await state.settle(at_most_queued=_MAX_QUEUED)
+            finally:
+                # Whatever ended the body: every queued instance reaches the tracker, or a
+                # committed one would wait for the next start to be flushed.
+                await state.settle()
         except RequestTooLarge:
             stored = sum(o.status == SUCCESS for o in state.outcomes)
             text = self._too_large_text()
@@ -327,7 +393,9 @@ class StowServer:
             return _error(400, malformed)
         return self._answer(state.outcomes, malformed)
 
-    async def _part(self, state: _Request, part: BodyPartReader, key: int, study: str) -> _Outcome:
+    async def _part(
+        self, state: _Request, part: BodyPartReader, key: int, study: str
+    ) -> _Outcome | _Queued:
         kind, _ = _media_type(part.headers.get("Content-Type", DICOM))
         if kind != DICOM:
             await self._drain(state, part)
@@ -346,17 +414,23 @@ class StowServer:
                 return self._refused("", "", CANNOT_UNDERSTAND, "empty part")
         meta, offset = split
         incoming = self.intake.incoming.create(meta.transfer_syntax_uid)
-        with incoming:
+        try:
             incoming.write(memoryview(buffer)[offset:])
             del buffer
             while data := await state.piece(part):
                 incoming.write(data)
             incoming.finish()
-            return await self._intake(incoming, meta, key, study)
+            result = self._intake(incoming, meta, key, study)
+        except BaseException:
+            incoming.discard()
+            raise
+        if isinstance(result, _Outcome):
+            incoming.discard()
+        return result
 
-    async def _intake(
+    def _intake(
         self, incoming: IncomingFile, meta: FileMeta, key: int, study: str
-    ) -> _Outcome:
+    ) -> _Outcome | _Queued:
         sop_class, sop_instance = meta.sop_class_uid, meta.sop_instance_uid
         if study or not (sop_class and sop_instance):
             # The study to check, or UIDs the file meta lacks: read the header once more
@@ -380,11 +454,9 @@ class StowServer:
         step = self.intake.begin(
             incoming, self.calling_ae_title, key, StoreCommand(sop_class, sop_instance)
         )
-        if not isinstance(step, Answer):
-            with contextlib.suppress(Exception):  # complete() turns failures into statuses
-                await asyncio.wrap_future(step.committed)
-            step = step.complete()
-        return _Outcome(sop_class, sop_instance, step.status, step.comment)
+        if isinstance(step, Answer):
+            return _Outcome(sop_class, sop_instance, step.status, step.comment)
+        return _Queued(step, incoming, sop_class, sop_instance)
 
     def _refused(self, sop_class: str, sop_instance: str, status: int, comment: str) -> _Outcome:
         """A part refused here, before intake: counted and logged as intake would."""

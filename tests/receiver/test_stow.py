@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import rx_dicom
 from conftest import require_tool
@@ -36,6 +37,8 @@ from rx_tools import Orthanc
 
 from seriesflow.receiver.app import Receiver
 from seriesflow.receiver.part10 import NotPart10, split_meta
+from seriesflow.v1 import series_store_pb2 as pb
+from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
 BOUNDARY = "seriesflow-test-boundary"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -115,6 +118,18 @@ def complete(database_url: str, series_uid: str, count: int) -> bool:
     )
 
 
+def has_preview(store: StoreProcess, series_uid: str) -> bool:
+    with store.channel() as channel:
+        stub = pb_grpc.SeriesStoreStub(channel)
+        request = pb.GetSeriesPreviewRequest(series_instance_uid=series_uid)
+        try:
+            return bool(stub.GetSeriesPreview(request, timeout=10).png)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+
+
 def stow_port(receiver: Receiver) -> int:
     assert receiver.stow is not None
     return receiver.stow.port
@@ -169,6 +184,8 @@ def test_dicomweb_client_stores_a_series_that_completes_with_exact_count(
     row = series_row(database_url, spec.series_uid)
     assert row is not None
     assert row["patient_name"] == "Web^Stow" and row["completion_reason"] == "RELEASED"
+    # The files intake keeps reach the preview renderer as a C-STORE's do.
+    wait_for(lambda: has_preview(store, spec.series_uid), timeout=20)
 
 
 def test_a_batch_with_bad_instances_stores_the_good_ones_and_reports_the_bad(
