@@ -385,6 +385,15 @@ def test_unsupported_keys_and_parameters_are_named_in_warning_headers(
     assert none.status_code == 204 and "PatientAge" in none.headers["Warning"]
 
 
+def test_many_warnings_are_capped_and_summed_up(store: StoreThread) -> None:
+    keys = "&".join(f"0009{n:04X}=x" for n in range(30))  # private tags: not catalogued
+    response = get(store, f"/studies?PatientID=NOBODY&{keys}")
+    assert response.status_code == 204
+    warnings = response.raw.headers.getlist("Warning")
+    assert len(warnings) == 21
+    assert warnings[-1].endswith('"10 more warnings left out"')
+
+
 def test_accept_is_negotiated_and_406_when_no_json_type_is_acceptable(store: StoreThread) -> None:
     def kind(accept: str | None) -> tuple[int, str]:
         response = get(store, "/studies", accept)
