@@ -13,7 +13,8 @@ A search is compiled by store.matching and run by store.find.search in this proc
 same code the gRPC Query RPC and (through it) C-FIND run, so the three cannot disagree.
 Query parameters (PS3.18 8.3.4): `{keyword or tag}={value}` in DICOM matching syntax (UID
 lists may also be comma-separated), `includefield` (repeatable, comma-separated, `all`),
-`limit`, `offset`, `fuzzymatching`; `accept` overrides the Accept header (8.3.3.1).
+`limit` (none: every match, streamed; the store sets no maximum), `offset`,
+`fuzzymatching`; `accept` overrides the Accept header (8.3.3.1).
 
 Answers: 200 with an `application/dicom+json` array (PS3.18 F.2), streamed as it is read;
 204 when nothing matches; 400 for a malformed query (bad date, unknown keyword, bad limit);
@@ -203,7 +204,7 @@ def parse(
             continue
         if key in _PARAMETERS:
             continue
-        if "." in key and not re.fullmatch(r"[0-9A-Fa-f]{8}", key):
+        if "." in key:
             # A sequence path (ReferencedStudySequence.ReferencedSOPInstanceUID).
             for part in key.split("."):
                 resolve(part, f"query key {key[:64]!r}")
