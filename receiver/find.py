@@ -475,7 +475,7 @@ class Find:
 def _store_comment(code: grpc.StatusCode, details: str) -> str:
     """An ErrorComment (at most 64 characters) for a failed Query RPC."""
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return "catalog store unreachable; retry later"
+        return "catalog unavailable (store or its database down); retry later"
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return "store refused the query: needs a read token"
     text = f"store: {details}" if details else f"store failed: {code.name}"

@@ -551,7 +551,11 @@ class _Association:
             if sink.overflowed:
                 refusal = refusal or (IDENTIFIER_DOES_NOT_MATCH, "identifier larger than 1 MiB")
             identifier = bytes(sink.data)
-        fields = {**self.peer_fields(), "message_id": message_id, "sop_class": sop_class}
+        fields: dict[str, object] = {
+            **self.peer_fields(),
+            "message_id": message_id,
+            "sop_class": sop_class,
+        }
 
         async def run() -> None:
             try:
@@ -560,17 +564,16 @@ class _Association:
                 # As for any response: nothing more can reach the peer; the read loop ends.
                 self.writer.transport.abort()
                 return
-            _log.info(
-                "C-FIND answered",
-                extra={
-                    "fields": {
-                        **fields,
-                        "status": f"0x{outcome.status:04X}",
-                        "matches": outcome.matches,
-                        "comment": outcome.comment,
-                    }
-                },
-            )
+            except Exception:
+                # A bug, not a status: the requestor would wait for a final response forever.
+                _log.exception("unexpected error in a C-FIND; association aborted")
+                self.send(pdu.abort(source=pdu.ABORT_SOURCE_USER))
+                self.writer.close()
+                return
+            fields.update(status=f"0x{outcome.status:04X}", matches=outcome.matches)
+            if outcome.status != IDENTIFIER_DOES_NOT_MATCH:  # that one may quote a key's value
+                fields["comment"] = outcome.comment
+            _log.info("C-FIND answered", extra={"fields": fields})
 
         self.find = find
         self.find_task = asyncio.create_task(run())

@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from rx_harness import MakeReceiver, make_receiver, receiver_config  # noqa: F401 (fixtures)
 from rx_store import StoreProcess, series_counts, wait_for
+from rx_tools import Orthanc
 
 from seriesflow.receiver import find
 from seriesflow.receiver.app import Receiver, quiet_libraries
@@ -220,16 +221,19 @@ def test_findscu_study_level_with_a_wildcard_and_a_date_range_returns_only_reque
     }  # only what was asked (PS3.4 C.4.1.1.3.2), no SpecificCharacterSet for ASCII
 
 
-def test_findscu_open_date_range_finds_every_study_since(catalog: Catalog, tmp_path: Path) -> None:
+def test_findscu_open_date_range_finds_every_dated_study_until(
+    catalog: Catalog, tmp_path: Path
+) -> None:
     found = findscu(
         catalog.port,
-        tmp_path / "since",
-        ["QueryRetrieveLevel=STUDY", "StudyDate=20230101-", "StudyInstanceUID"],
+        tmp_path / "until",
+        ["QueryRetrieveLevel=STUDY", "StudyDate=-20231231", "StudyInstanceUID"],
         "-S",
     )
+    # Not the Japanese sample's study: it has no StudyDate, and a range matches dates only.
     assert {ds.StudyInstanceUID for ds in found} == {
-        catalog.doe.study_uid,
         catalog.muller.study_uid,
+        catalog.ivanov.study_uid,
     }
 
 
@@ -362,11 +366,13 @@ def test_each_uncompressed_syntax_carries_the_identifier_both_ways(
         StudyInstanceUID=catalog.doe.study_uid,
         SeriesInstanceUID="",
         SeriesNumber="",
+        RetrieveAETitle="",
     )
     found = identifiers(c_find(catalog.port, identifier, syntax=syntax))
     assert sorted((ds.SeriesInstanceUID, int(ds.SeriesNumber)) for ds in found) == sorted(
         [(catalog.doe.series_uid, 1), (catalog.doe_mr.series_uid, 2)]
     )
+    assert {ds.RetrieveAETitle for ds in found} == {"STORESCP"}  # our AE title
 
 
 def test_keys_the_catalog_cannot_match_give_pending_warning_and_come_back_empty(
@@ -489,7 +495,7 @@ def test_with_the_store_down_c_find_fails_0xa700_with_a_comment(
     assert len(responses) == 1
     status, _, comment = responses[0]
     assert status == find.OUT_OF_RESOURCES
-    assert "unreachable" in comment
+    assert "unavailable" in comment and "retry later" in comment
 
 
 READ_TOKEN = "r-find-0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e"
@@ -575,3 +581,52 @@ def test_grpc_query_and_c_find_return_the_same_set(catalog: Catalog) -> None:
             }
             assert via_c_find == via_grpc, name
             assert via_grpc, name  # each case matches something: the comparison says something
+
+
+# -- Orthanc as a query client ---------------------------------------------------------------
+
+
+def _orthanc_query(orthanc: Orthanc, level: str, keys: dict[str, str]) -> list[dict[str, Any]]:
+    """Orthanc's C-FIND to seriesflow as a DICOM modality; each answer's tags by keyword."""
+    body = json.dumps({"Level": level, "Query": keys}).encode()
+    started = orthanc.post("/modalities/seriesflow/query", body)
+    path = started["Path"]
+    answers = orthanc.get(f"{path}/answers")
+    return [orthanc.get(f"{path}/answers/{index}/content?simplify") for index in answers]
+
+
+def test_orthanc_queries_seriesflow_as_a_modality(catalog: Catalog, tmp_path: Path) -> None:
+    orthanc = Orthanc(require_tool("Orthanc"), tmp_path / "orthanc", catalog.port)
+    orthanc.start()
+    try:
+        studies = _orthanc_query(
+            orthanc,
+            "Study",
+            {"PatientName": "*", "StudyDate": "20230101-20240131", "StudyInstanceUID": ""},
+        )
+        assert {s["StudyInstanceUID"] for s in studies} == {
+            catalog.doe.study_uid,
+            catalog.muller.study_uid,
+        }
+        names = {s["StudyInstanceUID"]: s["PatientName"] for s in studies}
+        assert names[catalog.muller.study_uid] == "Müller^Zoë"
+        series = _orthanc_query(
+            orthanc,
+            "Series",
+            {"StudyInstanceUID": catalog.doe.study_uid, "SeriesInstanceUID": "", "Modality": ""},
+        )
+        assert sorted((s["SeriesInstanceUID"], s["Modality"]) for s in series) == sorted(
+            [(catalog.doe.series_uid, "CT"), (catalog.doe_mr.series_uid, "MR")]
+        )
+        images = _orthanc_query(
+            orthanc,
+            "Instance",
+            {
+                "StudyInstanceUID": catalog.doe.study_uid,
+                "SeriesInstanceUID": catalog.doe.series_uid,
+                "SOPInstanceUID": "",
+            },
+        )
+        assert [i["SOPInstanceUID"] for i in images] == catalog.doe_sops
+    finally:
+        orthanc.stop()
