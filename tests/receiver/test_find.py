@@ -11,7 +11,9 @@ read token gives a failure status with a comment; gRPC Query and C-FIND return o
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import struct
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -25,7 +27,10 @@ import rx_send
 from conftest import new_database, require_tool
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pynetdicom import AE
+from rx_assoc import read_pdu
+from rx_dimse import C_FIND, RawAssociation, request
 from rx_harness import MakeReceiver, make_receiver, receiver_config  # noqa: F401 (fixtures)
 from rx_store import StoreProcess, series_counts, wait_for
 from rx_tools import Orthanc
@@ -630,3 +635,88 @@ def test_orthanc_queries_seriesflow_as_a_modality(catalog: Catalog, tmp_path: Pa
         assert [i["SOPInstanceUID"] for i in images] == catalog.doe_sops
     finally:
         orthanc.stop()
+
+
+# -- the DIMSE edges, on a raw association ---------------------------------------------------
+
+
+def _raw_responses(association: RawAssociation, count: int) -> list[tuple[Dataset, bytes]]:
+    """The next `count` responses: (command set, identifier bytes or b"")."""
+    out: list[tuple[Dataset, bytes]] = []
+    command = dataset = b""
+    while len(out) < count:
+        kind, body = read_pdu(association.sock)
+        assert kind == 0x04, f"expected P-DATA-TF, got PDU type {kind}"
+        pos = 0
+        while pos < len(body):
+            length = struct.unpack_from(">I", body, pos)[0]
+            control = body[pos + 5]
+            fragment = body[pos + 6 : pos + 4 + length]
+            pos += 4 + length
+            if control & 0x01:
+                command += fragment
+                if control & 0x02:
+                    parsed = read_dataset(io.BytesIO(command), True, True)
+                    command = b""
+                    if parsed.CommandDataSetType == 0x0101:
+                        out.append((parsed, b""))
+                    else:
+                        pending = parsed
+            else:
+                dataset += fragment
+                if control & 0x02:
+                    out.append((pending, dataset))
+                    dataset = b""
+    return out
+
+
+def _identifier(**keys: Any) -> bytes:
+    return rx_dicom.encode(query(**keys))
+
+
+def test_wrong_sop_class_missing_or_oversized_identifiers_are_refused_and_the_association_goes_on(
+    catalog: Catalog,
+) -> None:
+    association = RawAssociation(catalog.port, contexts=[(1, STUDY_ROOT, [EXPLICIT])])
+    try:
+        assert association.accepted == {1: (0, EXPLICIT)}
+        keys = _identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="")
+        association.command(1, request(C_FIND, 1, sop_class=PATIENT_ROOT, dataset=True))
+        association.dataset(1, keys)
+        association.command(1, request(C_FIND, 2, sop_class=STUDY_ROOT))  # no identifier
+        association.command(1, request(C_FIND, 3, sop_class=STUDY_ROOT, dataset=True))
+        association.dataset(1, b"\x00" * (1024 * 1024 + 2), fragment=60000)
+        answers = _raw_responses(association, 3)
+        assert [(a.MessageIDBeingRespondedTo, a.Status) for a, _ in answers] == [
+            (1, 0x0122),
+            (2, find.IDENTIFIER_DOES_NOT_MATCH),
+            (3, find.IDENTIFIER_DOES_NOT_MATCH),
+        ]
+        assert all(a.ErrorComment for a, _ in answers)
+        # A query that matches nothing: its final response alone.
+        association.command(1, request(C_FIND, 4, sop_class=STUDY_ROOT, dataset=True))
+        association.dataset(1, _identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.3.4"))
+        ((answer, identifier),) = _raw_responses(association, 1)
+        assert (answer.MessageIDBeingRespondedTo, answer.Status, identifier) == (4, 0, b"")
+        association.release()
+    finally:
+        association.close()
+
+
+def test_a_release_right_after_a_c_find_gets_every_response_first(catalog: Catalog) -> None:
+    association = RawAssociation(catalog.port, contexts=[(1, STUDY_ROOT, [EXPLICIT])])
+    try:
+        keys = _identifier(
+            QueryRetrieveLevel="IMAGE", SeriesInstanceUID=catalog.doe.series_uid, SOPInstanceUID=""
+        )
+        association.command(1, request(C_FIND, 9, sop_class=STUDY_ROOT, dataset=True))
+        association.dataset(1, keys)
+        association.send(struct.pack(">BBI", 0x05, 0, 4) + bytes(4))  # A-RELEASE-RQ at once
+        answers = _raw_responses(association, 4)
+        assert [a.Status for a, _ in answers] == [find.PENDING] * 3 + [find.SUCCESS]
+        uids = [read_dataset(io.BytesIO(d), False, True).SOPInstanceUID for _, d in answers[:3]]
+        assert uids == catalog.doe_sops
+        kind, _ = read_pdu(association.sock)
+        assert kind == 0x06  # A-RELEASE-RP, after the final response
+    finally:
+        association.close()
