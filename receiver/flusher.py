@@ -268,23 +268,35 @@ class Flusher:
             return
         keep = None
         if chosen is not None and self.previewer is not None:
-            job = PreviewJob(
-                chosen.seq,
-                flush.series_uid,
-                chosen.sop_instance_uid,
-                chosen.transfer_syntax_uid,
-                time.time(),
-            )
-            try:
-                self.spool.add_preview_job(job)
-                keep = chosen.seq
-                self.previewer.schedule(job)
-            except SPOOL_FAILURES as exc:
-                _log.warning(
-                    "a preview could not be recorded; the series goes without",
-                    extra={"fields": {"series": flush.series_uid, "error": str(exc)}},
+            keep = chosen.seq
+            self._record_preview(
+                PreviewJob(
+                    chosen.seq,
+                    flush.series_uid,
+                    chosen.sop_instance_uid,
+                    chosen.transfer_syntax_uid,
+                    time.time(),
                 )
+            )
         self.kept.drop(seq for seq in flush.seqs if seq != keep)
+
+    def _record_preview(self, job: PreviewJob) -> None:
+        """Record the job in the spool, then queue it; a write the spool fails is held and
+        retried like the group's assignment (its file is kept meanwhile)."""
+        previewer = self.previewer
+        assert previewer is not None
+
+        def record() -> None:
+            self.spool.add_preview_job(job)
+            previewer.schedule(job)
+
+        if len(self.held):
+            self.held.hold("assign", [record], None)
+            return
+        try:
+            record()
+        except SPOOL_FAILURES as exc:
+            self.held.hold("assign", [record], exc)
 
     def _send(self, step: str, parts: list[_Part]) -> None:
         """Send each part; from the first the spool fails on, hold the rest for retry.

@@ -31,7 +31,8 @@ from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
 class FussyStore(pb_grpc.SeriesStoreServicer):
     """Acks every update, except those of `refused` series: INVALID, naming the field.
-    Hold reports (no instances, not spooled) are acked as a store does and not `seen`."""
+    Hold and preview reports (no instances, not spooled) are acked as a store does and not
+    `seen`."""
 
     def __init__(self, refused: set[str], flaky: bool = False) -> None:
         self.refused = refused
@@ -43,7 +44,7 @@ class FussyStore(pb_grpc.SeriesStoreServicer):
         self, request_iterator: Iterator[pb.SeriesUpdate], context: grpc.ServicerContext
     ) -> Iterator[pb.SeriesAck]:
         for update in request_iterator:
-            if update.holding:
+            if update.holding or update.HasField("preview"):
                 yield pb.SeriesAck(update_id=update.update_id, ok=True, hold_seconds=300)
                 continue
             with self.lock:

@@ -181,7 +181,8 @@ def test_series_whose_assignment_failed_on_a_full_disk_is_delivered_once_space_r
 
     until(lambda: retries(receiver, "assign") >= 2, receiver)  # first try, then a retry
     assert receiver.spool.stats()[0] == 20  # kept in the spool...
-    assert held(receiver) == 1  # ...and tracked for retry, not dropped
+    # ...and tracked for retry, not dropped: the assignment, and the preview job behind it.
+    assert held(receiver) == 2
     assert assigned_entries(receiver) == 0
     # While the disk is full, new instances are refused with "out of resources" (retry later).
     refused = rx_send.send_all(receiver.dicom_port, rx_dicom.series(rx_dicom.SeriesSpec(), 3))
