@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import shared_temp_dir
 from st_harness import (  # noqa: F401 (fixtures)
     StoreThread,
     fresh_database,
@@ -707,13 +708,21 @@ def test_matches_of_megabyte_names_come_in_messages_under_the_client_limit(
     assert len(responses) > 1
     assert all(r.ByteSize() < 4 * 1024 * 1024 for r in responses)
     found = [json.loads(m.dataset_json) for r in responses for m in r.matches]
-    assert [value(d, "00100010")[0]["Alphabetic"] for d in found] == names
+    # Ingest order, not send order, fixes the catalog's ids: compare as sets.
+    assert sorted(value(d, "00100010")[0]["Alphabetic"] for d in found) == names
     found, _ = query(stub, SERIES, [("PatientName", "c^x*")])
     assert [value(d, "00100010")[0]["Alphabetic"] for d in found] == [names[2]]
 
 
-def test_query_is_unavailable_while_postgres_is_down(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path)
+def test_query_is_unavailable_while_postgres_is_down() -> None:
+    # Under shared_temp_dir, not tmp_path: PostgreSQL (run as its own user) must traverse
+    # the folder, and pytest resets its base temp folder to 0700 whenever a session starts.
+    with shared_temp_dir() as folder:
+        _unavailable_while_down(folder)
+
+
+def _unavailable_while_down(folder: Path) -> None:
+    server = EmbeddedPostgres(folder)
     try:
         migrations.upgrade(server.url)
         thread = StoreThread(store_config(server.url, **_http_port_override()), server.url)
