@@ -308,6 +308,19 @@ def test_findscu_japanese_name_found_by_its_romaji_and_returned_whole_in_utf8(
     assert str(found[0].PatientName) == str(catalog.japanese.PatientName)
     assert found[0].StudyInstanceUID == catalog.japanese.StudyInstanceUID
     assert found[0].SpecificCharacterSet == "ISO_IR 192"
+    # The same patient asked by its ideographic name, the query itself in UTF-8.
+    found = findscu(
+        catalog.port,
+        tmp_path / "japanese-utf8",
+        [
+            "QueryRetrieveLevel=STUDY",
+            "SpecificCharacterSet=ISO_IR 192",
+            "PatientName=山田*",
+            "StudyInstanceUID",
+        ],
+        "-S",
+    )
+    assert [str(ds.PatientName) for ds in found] == [str(catalog.japanese.PatientName)]
 
 
 def test_findscu_cancel_after_one_response_ends_the_query(catalog: Catalog, tmp_path: Path) -> None:
