@@ -48,6 +48,6 @@ ENV PATH=/opt/seriesflow/bin:$PATH \
 WORKDIR /var/lib/seriesflow
 USER 10001:10001
 # DICOM, store gRPC, store metrics, receiver metrics + health.
-EXPOSE 6667 8080 50051 9101 9102
+EXPOSE 6667 8080 8081 50051 9101 9102
 ENTRYPOINT ["seriesflow"]
 CMD ["--help"]

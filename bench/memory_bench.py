@@ -113,6 +113,7 @@ class Receiver:
             SERIESFLOW_DICOM_PORT=str(self.port),
             SERIESFLOW_RECEIVER_METRICS_PORT=str(self.metrics_port),
             SERIESFLOW_STORE_ADDRESS=f"127.0.0.1:{free_port()}",  # nothing listens: no store
+            SERIESFLOW_STOW_PORT="off",
             SERIESFLOW_LOG_LEVEL="WARNING",
             SERIESFLOW_NETWORK_TIMEOUT="600",
         )

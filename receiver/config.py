@@ -253,13 +253,11 @@ class ReceiverConfig:
     receiver_metrics_port: int = setting(
         "9102", settings.port, "HTTP port of /metrics, /livez and /readyz"
     )
-    # Off by default only until the tests' receivers set their own port (rx_harness); then
-    # the default is to be 8081, beside the store's HTTP port 8080.
     stow_port: int | None = setting(
-        "off",
+        "8081",
         _stow_port,
-        "HTTP port of STOW-RS (POST /studies, PS3.18 10.5) into the same intake as C-STORE, "
-        "e.g. 8081; 0 for an ephemeral port, off for none",
+        "HTTP port of STOW-RS (POST /studies, PS3.18 10.5) into the same intake as C-STORE; "
+        "0 for an ephemeral port, off for none",
     )
     stow_max_request_bytes: int = setting(
         "8GiB",

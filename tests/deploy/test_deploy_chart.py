@@ -296,8 +296,10 @@ def test_receiver_dicom_service_type_follows_values(
 ) -> None:
     service = one(render(values), "Service", "-receiver")
     assert service["spec"]["type"] == expected_type
-    (port,) = service["spec"]["ports"]
-    assert port["targetPort"] == "dicom"
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert set(ports) == {"dicom", "stow"}  # DICOM, and STOW-RS beside it
+    port = ports["dicom"]
+    assert port["targetPort"] == "dicom" and ports["stow"]["targetPort"] == "stow"
     if expected_type == "NodePort":
         assert port["nodePort"] == 30667
     if expected_type == "LoadBalancer":

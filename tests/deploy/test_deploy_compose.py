@@ -160,7 +160,10 @@ def test_services_reach_each_other_by_the_names_and_ports_they_configure(
     for name in ("store", "receiver"):
         assert env(compose, name)["SERIESFLOW_LISTEN_HOST"] == "0.0.0.0"
     dicom = int(receiver["SERIESFLOW_DICOM_PORT"])
-    assert published(compose, "receiver") == {("", dicom, dicom)}, "DICOM is on every interface"
+    stow = int(receiver["SERIESFLOW_STOW_PORT"])
+    assert published(compose, "receiver") == {("", dicom, dicom), ("127.0.0.1", stow, stow)}, (
+        "DICOM is on every interface, STOW-RS (no token file here) on loopback"
+    )
     http = int(store["SERIESFLOW_STORE_HTTP_PORT"])
     for name, ports in (
         ("store", (50051, http)),

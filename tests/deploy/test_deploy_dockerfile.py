@@ -63,7 +63,7 @@ def test_final_stage_runs_seriesflow_as_a_numeric_user_without_build_tools() -> 
         assert tool not in final_text, f"final stage contains {tool!r}"
     assert "--without-pip" in "\n".join(build), "the venv copied into the image has no pip"
     expose = next(i for i in final if i.startswith("EXPOSE "))
-    assert set(expose.split()[1:]) == {"6667", "8080", "50051", "9101", "9102"}
+    assert set(expose.split()[1:]) == {"6667", "8080", "8081", "50051", "9101", "9102"}
     assert "SERIESFLOW_LISTEN_HOST=0.0.0.0" in final_text
 
 

@@ -53,6 +53,7 @@ def _environment(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
             "SERIESFLOW_GRPC_PORT": str(ports["grpc"]),
             "SERIESFLOW_STORE_METRICS_PORT": str(ports["store_metrics"]),
             "SERIESFLOW_STORE_HTTP_PORT": str(ports["store_http"]),
+            "SERIESFLOW_STOW_PORT": str(ports["stow"]),
             "SERIESFLOW_RECEIVER_METRICS_PORT": str(ports["receiver_metrics"]),
             "SERIESFLOW_SERIES_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
         }
@@ -111,7 +112,7 @@ def _is_zombie(pid: int) -> bool:
 
 @pytest.fixture
 def ports() -> dict[str, int]:
-    names = ("dicom", "grpc", "store_metrics", "store_http", "receiver_metrics")
+    names = ("dicom", "grpc", "store_metrics", "store_http", "receiver_metrics", "stow")
     return {name: free_port() for name in names}
 
 
