@@ -210,14 +210,21 @@ def _banner(
         else "PostgreSQL at SERIESFLOW_DATABASE_URL"
     )
     grpc_address = f"{store_host}:{store_config.grpc_port}"
+    web = f"http://{store_host}:{store_config.store_http_port}"
+    stow = (
+        f"http://{receiver_host}:{receiver_config.stow_port}/studies"
+        if receiver_config.stow_port
+        else "off (SERIESFLOW_STOW_PORT)"
+    )
     return "\n".join(
         [
             "seriesflow is running (Ctrl-C to stop)",
             f"  DICOM   {receiver_config.ae_title} @ {receiver_host}:{receiver_config.dicom_port}"
-            f"  ({_completion_text(receiver_config)})",
+            f"  C-STORE, C-FIND ({_completion_text(receiver_config)})",
             f"  gRPC    {grpc_address}   grpcurl -plaintext {grpc_address} list",
-            f"  HTTP    http://{store_host}:{store_config.store_http_port}/studies/STUDY_UID/previews"
-            " (series previews)",
+            f"  QIDO-RS {web}/studies   API docs {web}/docs",
+            f"  STOW-RS {stow}",
+            f"  HTTP    {web}/studies/STUDY_UID/previews (series previews)",
             f"  metrics http://{store_host}:{store_config.store_metrics_port}/metrics (store)",
             f"          http://{receiver_host}:{receiver_config.receiver_metrics_port}/metrics"
             " (receiver)",
