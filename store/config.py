@@ -77,7 +77,9 @@ class StoreConfig:
     grpc_port: int = setting("50051", settings.port, "gRPC port of the SeriesStore service")
     store_metrics_port: int = setting("9101", settings.port, "HTTP port serving /metrics")
     store_http_port: int = setting(
-        "8080", settings.port, "HTTP port of the store's web API (QIDO-RS, series previews, /docs, /healthz)"
+        "8080",
+        settings.port,
+        "HTTP port of the store's web API (QIDO-RS, series previews, /docs, /healthz)",
     )
     db_pool_min_size: int = setting(
         "1", settings.non_negative_int, "connections the pool keeps open"
