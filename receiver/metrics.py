@@ -68,6 +68,18 @@ class ReceiverMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.stow_requests = Counter(
+            "seriesflow_receiver_stow_requests",
+            "STOW-RS requests answered, by HTTP status",
+            ["status"],
+            registry=r,
+        )
+        self.stow_request_seconds = Histogram(
+            "seriesflow_receiver_stow_request_seconds",
+            "Time from a STOW-RS request's start to its answer",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
         self.hold_reports = Counter(
             "seriesflow_receiver_hold_reports_total",
             "Hold reports sent to the store (a series open here, reported or renewed)",

@@ -43,7 +43,6 @@ from email.message import Message
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
-from prometheus_client import Counter, Histogram
 
 from seriesflow.receiver import header
 from seriesflow.receiver.bearer import TokenFile
@@ -204,18 +203,8 @@ class StowServer:
         self.calling_ae_title = calling_ae_title
         # Negative: DICOM associations are numbered 1, 2, ... in receiver.server.
         self._keys = itertools.count(-1, -1)
-        registry = intake.metrics.registry
-        self.requests = Counter(
-            "seriesflow_receiver_stow_requests",
-            "STOW-RS requests answered, by HTTP status",
-            ["status"],
-            registry=registry,
-        )
-        self.request_seconds = Histogram(
-            "seriesflow_receiver_stow_request_seconds",
-            "Time from a STOW-RS request's start to its answer",
-            registry=registry,
-        )
+        self.requests = intake.metrics.stow_requests
+        self.request_seconds = intake.metrics.stow_request_seconds
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="stow", daemon=True)
         self._runner: web.AppRunner | None = None

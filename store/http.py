@@ -29,6 +29,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -73,6 +74,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OPEN: Final = frozenset({"/healthz", *apidocs.OPEN_PATHS, apidocs.STATIC_PREFIX})
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+
+
 def _open(request: web.Request) -> bool:
     resource = request.match_info.route.resource
     return resource is not None and resource.canonical in _OPEN
@@ -92,13 +96,34 @@ class HttpApi:
         self._metrics = metrics
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors])
+        # Metrics outermost: refused and failed requests are counted with their status too.
+        app = web.Application(middlewares=[self._measure, self._errors])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/series/{series_uid}/preview.png", self.preview_png)
         app.router.add_get("/studies/{study_uid}/previews", self.contact_sheet)
         qido.Qido(self._db).register(app.router)
         apidocs.register(app.router)
         return app
+
+    @web.middleware
+    async def _measure(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Requests by route (the matched pattern, never the path: UIDs stay out of labels),
+        method and status; duration until the (possibly streamed) response is complete."""
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        method = request.method if request.method in _METHODS else "other"
+        start = time.perf_counter()
+        code = 500
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as exc:
+            code = exc.status
+            raise
+        finally:
+            self._metrics.http_requests.labels(route=route, method=method, code=str(code)).inc()
+            self._metrics.http_seconds.labels(route=route).observe(time.perf_counter() - start)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -118,6 +118,19 @@ class StoreMetrics:
             ["scope", "reason"],
             registry=r,
         )
+        self.http_requests = Counter(
+            "seriesflow_store_http_requests_total",
+            "HTTP API requests (QIDO-RS, previews, docs) by route pattern, method and status",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "seriesflow_store_http_request_duration_seconds",
+            "Time to answer an HTTP API request, streamed body included, by route pattern",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.completions = Counter(
             "seriesflow_store_series_completions_total",
             "Series that became COMPLETE, by reason and completion version (1 = first "

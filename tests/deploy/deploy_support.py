@@ -169,6 +169,8 @@ STORE_METRICS = {
     "seriesflow_store_watchers": "gauge",
     "seriesflow_store_watch_lag_events": "gauge",
     "seriesflow_store_event_delivery_seconds": "histogram",
+    "seriesflow_store_http_requests_total": "counter",
+    "seriesflow_store_http_request_duration_seconds": "histogram",
     "grpc_server_started_total": "counter",
     "grpc_server_handled_total": "counter",
     "grpc_server_handling_seconds": "histogram",
@@ -187,6 +189,8 @@ RECEIVER_METRICS = {
     "seriesflow_receiver_series_ack_latency_seconds": "histogram",
     "seriesflow_receiver_dead_letters": "gauge",
     "seriesflow_receiver_hold_reports_total": "counter",
+    "seriesflow_receiver_stow_requests_total": "counter",
+    "seriesflow_receiver_stow_request_seconds": "histogram",
 }
 
 

@@ -145,6 +145,10 @@ def test_metric_name_extraction_sees_through_promql_syntax() -> None:
         ("watchers connected", "seriesflow_store_watchers", ""),
         ("watch lag by consumer", "seriesflow_store_watch_lag_events", "consumer"),
         ("event delivery latency", "seriesflow_store_event_delivery_seconds_bucket", "le"),
+        ("http requests by route", "seriesflow_store_http_requests_total", "route"),
+        ("http latency", "seriesflow_store_http_request_duration_seconds_bucket", "le"),
+        ("stow-rs requests by status", "seriesflow_receiver_stow_requests_total", "status"),
+        ("stow-rs latency", "seriesflow_receiver_stow_request_seconds_bucket", "le"),
     ],
 )
 def test_dashboard_has_each_required_view(view: str, metric: str, grouping: str) -> None:
