@@ -47,6 +47,7 @@ class StoreProcess:
         self.tls = tls
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.http_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "store.log"
 
@@ -59,7 +60,7 @@ class StoreProcess:
             SERIESFLOW_LISTEN_HOST="127.0.0.1",
             SERIESFLOW_GRPC_PORT=str(self.port),
             SERIESFLOW_STORE_METRICS_PORT="0",
-            SERIESFLOW_STORE_HTTP_PORT="0",
+            SERIESFLOW_STORE_HTTP_PORT=str(self.http_port),
             SERIESFLOW_SHUTDOWN_GRACE="2",
             SERIESFLOW_LOG_LEVEL="WARNING",
         )
