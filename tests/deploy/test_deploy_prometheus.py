@@ -16,7 +16,9 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,6 +141,32 @@ def wait_for(what: str, check: Any, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def _qido_studies(running: Any) -> int:
+    """GET /studies on the store's HTTP port (with the read token when there is one)."""
+    port = running.local("store", "SERIESFLOW_STORE_HTTP_PORT")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/studies")
+    if running.read_token:
+        request.add_header("Authorization", f"Bearer {running.read_token}")
+    with urllib.request.urlopen(request, timeout=20) as answer:
+        body = answer.read()
+    return len(json.loads(body)) if body else 0  # 204 (no match) has no body
+
+
+def _stow_refused(running: Any) -> int:
+    port = running.local("receiver", "SERIESFLOW_STOW_PORT")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/studies",
+        data=b"not DICOM",
+        headers={"Content-Type": "text/plain"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def test_prometheus_scrapes_an_ingest_and_every_dashboard_panel_returns_data(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -164,11 +192,18 @@ def test_prometheus_scrapes_an_ingest_and_every_dashboard_panel_returns_data(
                         == ["1"]
                     ),
                 )
+                # The HTTP doors, for their panels: a QIDO-RS search, and a STOW-RS request
+                # refused as not multipart (it stores nothing: the counts below stay the
+                # ingest's); again after the ingest, so their rates rise between scrapes.
+                assert _qido_studies(running) == 0
+                assert _stow_refused(running) == 415
                 ae_title = running.local("receiver", "SERIESFLOW_AE_TITLE")
                 expected = send_study(tmp_path / "dicom", running.dicom_port, ae_title, [4, 3, 2])
                 wait_for_catalog(running, expected)
                 # A finished unary RPC for the gRPC panels.
                 list_series(running.grpc_address, running.read_token)
+                assert _qido_studies(running) == 1  # send_study sends one study
+                assert _stow_refused(running) == 415
                 total = sum(expected.values())
 
                 def completed() -> set[str]:
