@@ -2,8 +2,8 @@
 #   make run    the all-in-one service (embedded PostgreSQL unless SERIESFLOW_DATABASE_URL is set)
 #   make test   the test suite, with the system tools it talks to (dcmtk, Orthanc, helm, ...)
 #   make lint   ruff + mypy
-#   make bench  the benchmarks (store, receiver, memory, completion replay, event delivery),
-#               printing figures and ratios
+#   make bench  the benchmarks (store, receiver, memory, completion replay, event delivery,
+#               previews on/off, QIDO-RS on a 1M-instance catalog), printing figures and ratios
 #   make bench-smoke  the same benchmarks on a small corpus (CI runs this; no pass/fail on speed)
 #   make proto  regenerate the seriesflow.v1 stubs after editing proto/
 
@@ -51,6 +51,8 @@ bench: $(DEV_STAMP) tools
 	$(PY) bench/memory_bench.py
 	$(PY) bench/completion_replay.py
 	$(PY) bench/watch_bench.py
+	$(PY) bench/preview_bench.py
+	$(PY) bench/qido_bench.py
 
 bench-smoke: $(DEV_STAMP) tools
 	$(PY) bench/store_bench.py --series 50 --probe 10
@@ -58,6 +60,8 @@ bench-smoke: $(DEV_STAMP) tools
 	$(PY) bench/memory_bench.py --quick
 	$(PY) bench/completion_replay.py --quick
 	$(PY) bench/watch_bench.py --quick
+	$(PY) bench/preview_bench.py --quick
+	$(PY) bench/qido_bench.py --quick
 
 proto: $(DEV_STAMP)
 	$(PY) scripts/gen_proto.py
