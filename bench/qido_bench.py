@@ -25,6 +25,8 @@ kind as GET /studies over one keep-alive HTTP connection, reading the whole body
 
 Baselines, measured in the same run and interleaved with the searches:
   - GET /healthz on the same connection: the HTTP and server floor (no SQL);
+  - the search's own SQL (store.matching's compilation, store.find's page statement) run
+    from this process with psycopg: PostgreSQL's share, the rest is the store's own work;
   - the equivalent gRPC ListStudies call, same filter and page size, where one exists
     (patient_id, name_prefix, accession, date_month, no_filter; ListStudies has no
     modality or fuzzy filter): what the QIDO door costs over the catalog's own list RPC.
@@ -64,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seriesflow import migrations  # noqa: E402
-from seriesflow.store import probe  # noqa: E402
+from seriesflow.store import find, matching, probe  # noqa: E402
 from seriesflow.v1 import series_store_pb2 as pb  # noqa: E402
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -420,8 +422,10 @@ class Recorder:
     """Runs one search with its baselines (QIDO, /healthz, ListStudies where one exists)
     and keeps the timings of the recorded ones."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, url: str) -> None:
         self.client = Http(store.http_port)
+        self.sql_conn = psycopg.connect(url, autocommit=True)
+        self.sql: dict[str, list[float]] = {k: [] for k in KINDS}
         self.channel = grpc.insecure_channel(store.address)
         self.stub = pb_grpc.SeriesStoreStub(self.channel)
         self.qido: dict[str, list[float]] = {k: [] for k in KINDS}
@@ -440,6 +444,9 @@ class Recorder:
         h_elapsed, h_status, _ = self.client.get("/healthz")
         if h_status != 200:
             raise SystemExit(f"GET /healthz: {h_status}")
+        sql_elapsed, sql_rows = self._sql(search)
+        if sql_rows != found:
+            raise SystemExit(f"{path}: QIDO returned {found} matches, its SQL {sql_rows}")
         rpc: tuple[float, int] | None = None
         if search.grpc is not None:
             start = time.perf_counter()
@@ -451,22 +458,37 @@ class Recorder:
         self.results[search.kind].append(found)
         self.bytes[search.kind] += len(body)
         self.healthz.append(h_elapsed)
+        self.sql[search.kind].append(sql_elapsed)
         if rpc is not None:
             self.grpc[search.kind].append(rpc[0])
             # Same filter, same page size: a different count would mean not the same search.
             self.mismatches[search.kind] += rpc[1] != found
 
+    def _sql(self, search: Search) -> tuple[float, int]:
+        """The statement the store runs for this search (its first and, here, only page),
+        run from this process: PostgreSQL's share of the search, with one round trip."""
+        keys = [(k, v) for k, v in search.query.items() if k not in ("limit", "fuzzymatching")]
+        fuzzy = search.query.get("fuzzymatching") == "true"
+        compiled = matching.compile_query(matching.Level.STUDY, keys, fuzzy=fuzzy)
+        limit = int(search.query.get("limit", "0"))
+        params = dict(compiled.params, rows=min(find.PAGE_ROWS, limit or find.PAGE_ROWS))
+        sql = find._page_sql(compiled, after=False, offset=False)
+        start = time.perf_counter()
+        rows = self.sql_conn.execute(sql, params).fetchall()
+        return time.perf_counter() - start, len(rows)
+
     def close(self) -> None:
+        self.sql_conn.close()
         self.channel.close()
         self.client.conn.close()
 
 
 def measure(
-    store: Store, catalog: Catalog, per_kind: int, warmup: int, seed: int
+    store: Store, url: str, catalog: Catalog, per_kind: int, warmup: int, seed: int
 ) -> dict[str, object]:
     rng = random.Random(seed)
     plan = {k: searches(catalog, k, per_kind + warmup, rng) for k in KINDS}
-    rec = Recorder(store)
+    rec = Recorder(store, url)
     try:
         for i in range(per_kind + warmup):
             # Every kind once per round, in a fresh order: a noisy second hits them alike.
@@ -481,6 +503,7 @@ def measure(
     kinds_out: dict[str, dict[str, float | int | None]] = {}
     for kind in KINDS:
         q50, q99 = _summary(rec.qido[kind])
+        s50, s99 = _summary(rec.sql[kind])
         entry: dict[str, float | int | None] = {
             "searches": len(rec.qido[kind]),
             "qido_p50_ms": _ms(q50),
@@ -489,6 +512,10 @@ def measure(
             "bytes_mean": round(rec.bytes[kind] / len(rec.qido[kind])),
             "p50_vs_healthz": round(q50 / h50, 2),
             "p99_vs_healthz": round(q99 / h99, 2),
+            "sql_p50_ms": _ms(s50),
+            "sql_p99_ms": _ms(s99),
+            "p50_vs_sql": round(q50 / s50, 2),
+            "p99_vs_sql": round(q99 / s99, 2),
             "grpc_p50_ms": None,
             "grpc_p99_ms": None,
             "p50_vs_grpc": None,
@@ -508,6 +535,7 @@ def measure(
     paired = [t for k in KINDS if rec.grpc[k] for t in rec.qido[k]]
     every_grpc = [t for k in KINDS for t in rec.grpc[k]]
     o50, o99 = _summary(every)
+    os50, os99 = _summary([t for k in KINDS for t in rec.sql[k]])
     pq50, pq99 = _summary(paired)
     g50, g99 = _summary(every_grpc)
     return {
@@ -520,6 +548,10 @@ def measure(
             "qido_p99_ms": _ms(o99),
             "p50_vs_healthz": round(o50 / h50, 2),
             "p99_vs_healthz": round(o99 / h99, 2),
+            "sql_p50_ms": _ms(os50),
+            "sql_p99_ms": _ms(os99),
+            "p50_vs_sql": round(o50 / os50, 2),
+            "p99_vs_sql": round(o99 / os99, 2),
             # Only the kinds ListStudies can express, on both sides.
             "paired_qido_p50_ms": _ms(pq50),
             "paired_qido_p99_ms": _ms(pq99),
@@ -584,7 +616,7 @@ def main() -> int:
             analyze_seconds = time.perf_counter() - start
             db_bytes = conn.execute("SELECT pg_database_size(current_database())").fetchone()
         start = time.perf_counter()
-        figures = measure(store, catalog, args.searches, args.warmup, seed=7)
+        figures = measure(store, url, catalog, args.searches, args.warmup, seed=7)
         search_seconds = time.perf_counter() - start
     finally:
         if store is not None:
@@ -618,34 +650,31 @@ def main() -> int:
         f"GET /healthz (HTTP floor): p50 {figures['healthz_p50_ms']} ms, "
         f"p99 {figures['healthz_p99_ms']} ms"
     )
-    print(
-        f"{'QIDO /studies':<16} {'p50 ms':>8} {'p99 ms':>8} {'x hz p50':>8} "
-        f"{'x hz p99':>8} {'rpc p50':>8} {'rpc p99':>8} {'x rpc50':>8} {'x rpc99':>8} "
-        f"{'results':>8}"
-    )
+    columns = [
+        ("p50 ms", "qido_p50_ms"), ("p99 ms", "qido_p99_ms"),
+        ("x hz50", "p50_vs_healthz"), ("x hz99", "p99_vs_healthz"),
+        ("sql p50", "sql_p50_ms"), ("sql p99", "sql_p99_ms"),
+        ("x sql50", "p50_vs_sql"), ("x sql99", "p99_vs_sql"),
+        ("rpc p50", "grpc_p50_ms"), ("rpc p99", "grpc_p99_ms"),
+        ("x rpc50", "p50_vs_grpc"), ("x rpc99", "p99_vs_grpc"),
+        ("results", "results_mean"),
+    ]  # fmt: skip
     kinds = figures["kinds"]
-    assert isinstance(kinds, dict)
-
-    def cell(value: object) -> str:
-        return f"{value:>8}" if value is not None else f"{'-':>8}"
-
-    for kind, k in kinds.items():
-        print(
-            f"{kind:<16} {k['qido_p50_ms']:>8} {k['qido_p99_ms']:>8} {k['p50_vs_healthz']:>8} "
-            f"{k['p99_vs_healthz']:>8} {cell(k['grpc_p50_ms'])} {cell(k['grpc_p99_ms'])} "
-            f"{cell(k['p50_vs_grpc'])} {cell(k['p99_vs_grpc'])} {k['results_mean']:>8}"
-        )
     overall = figures["overall"]
-    assert isinstance(overall, dict)
+    assert isinstance(kinds, dict) and isinstance(overall, dict)
+    print(f"{'QIDO /studies':<13}" + "".join(f"{h:>9}" for h, _ in columns))
+    for kind, row in [*kinds.items(), ("overall", overall)]:
+        cells = (row.get(key) for _, key in columns)
+        print(f"{kind:<13}" + "".join(f"{'-' if c is None else c:>9}" for c in cells))
     print(
-        f"{'overall':<16} {overall['qido_p50_ms']:>8} {overall['qido_p99_ms']:>8} "
-        f"{overall['p50_vs_healthz']:>8} {overall['p99_vs_healthz']:>8}   (kinds ListStudies "
-        f"has: QIDO p50 {overall['paired_qido_p50_ms']} / p99 {overall['paired_qido_p99_ms']}"
-        f" ms = {overall['paired_p50_vs_grpc']}x / {overall['paired_p99_vs_grpc']}x gRPC)"
+        "(x hz: QIDO / GET /healthz; sql: the search's own SQL from this process;"
+        " rpc: ListStudies, same filter and page size; results: mean matches)"
     )
     print(
-        "(x hz: QIDO / GET /healthz; rpc: ListStudies with the same filter and page size;"
-        " x rpc: QIDO / ListStudies; results: mean matches returned)"
+        f"kinds ListStudies has: QIDO p50 {overall['paired_qido_p50_ms']} / p99 "
+        f"{overall['paired_qido_p99_ms']} ms, ListStudies p50 {overall['paired_grpc_p50_ms']} /"
+        f" p99 {overall['paired_grpc_p99_ms']} ms = {overall['paired_p50_vs_grpc']}x /"
+        f" {overall['paired_p99_vs_grpc']}x"
     )
     mismatched = {
         k: v.get("count_mismatches") for k, v in kinds.items() if v.get("count_mismatches")
