@@ -101,12 +101,13 @@ class EventSignal:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
+            notices = conn.notifies()
             try:
                 await conn.execute(f"LISTEN {events.CHANNEL}")
                 self.listening = True
                 delay = 0.5
                 self._wake()  # anything committed while not listening is read now
-                async for notice in conn.notifies():
+                async for notice in notices:
                     if notice.payload.isdigit():
                         self.log_end = max(self.log_end, int(notice.payload))
                     self._wake()
@@ -117,6 +118,10 @@ class EventSignal:
                 )
             finally:
                 self.listening = False
+                # The generator holds the connection's lock while it waits: close it first,
+                # or closing the connection (at shutdown, on cancel) waits for ever.
+                with contextlib.suppress(Exception):
+                    await notices.aclose()
                 with contextlib.suppress(Exception):
                     await conn.close()
             await asyncio.sleep(delay)

@@ -115,7 +115,9 @@ def test_send_announces_the_dataset_uid_when_the_file_meta_names_another(
     ds = ct_instance(generate_uid(), generate_uid(), generate_uid())
     ds.save_as(tmp_path / "stale-meta.dcm", enforce_file_format=True)
     raw = (tmp_path / "stale-meta.dcm").read_bytes()
-    stale = generate_uid()[: len(str(ds.SOPInstanceUID))]  # same length: the meta still parses
+    # Another valid UID of the same length (the meta still parses), never a random cut that
+    # could end in a dot.
+    stale = ("1.2." + "9" * 64)[: len(str(ds.SOPInstanceUID))]
     (tmp_path / "stale-meta.dcm").write_bytes(
         raw.replace(str(ds.SOPInstanceUID).encode(), stale.encode(), 1)
     )
