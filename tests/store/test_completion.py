@@ -7,6 +7,7 @@ with real receivers and real DICOM.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ from st_harness import (  # noqa: F401
     uid,
 )
 
+from seriesflow.store import events
 from seriesflow.store.completion import forget_closed_holds
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
@@ -343,3 +345,31 @@ def test_a_consumer_that_stops_reading_shows_its_lag_growing(running_store: Stor
     while lag() != -1.0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert lag() == -1.0  # gone with its last watch
+
+
+def test_retention_prunes_a_prefix_of_the_log_and_records_where_it_ends(
+    running_store: StoreThread,
+) -> None:
+    ch = running_store.channel()
+    for _ in range(3):
+        series = uid()
+        send(ch, [make_update(series, [f"{series}.1"])])  # 3 events each
+    everything = replay(ch)
+    url = running_store.store.db.url
+
+    async def prune(batch: int) -> int:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            cutoff = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)  # all are older
+            deleted = await events.prune(conn, cutoff, batch)
+            await conn.commit()
+            return deleted
+
+    assert asyncio.run(prune(4)) == 4  # a batch: the oldest four, a prefix
+    [(through,)] = rows(url, "SELECT pruned_through FROM series_event_log")
+    assert through == int(everything[3].cursor)
+    assert replay(ch, str(through)) == everything[4:]  # the rest is intact, in order
+    with pytest.raises(grpc.RpcError) as caught:
+        replay(ch, everything[2].cursor)  # a consumer behind the pruned point
+    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert asyncio.run(prune(1000)) == len(everything) - 4
+    assert rows(url, "SELECT count(*) FROM series_events") == [(0,)]
