@@ -3,13 +3,17 @@
 #   Debian: dcmtk (storescu, storescp, echoscu), orthanc (a real PACS as sender),
 #           prometheus + promtool (scrape and rule checks), docker-compose (compose config
 #           check), openssl (test certificates), util-linux and iproute2 (unshare and ip:
-#           the read-only-root test, the receiver bench's private network)
-#   Go:     helm and grpcurl, built once into $GOPATH/bin and reused afterwards.
+#           the read-only-root test, the receiver bench's private network),
+#           docker.io + mmdebstrap (the container and compose tests start a private daemon
+#           and build their base images from Debian packages: no registry is reachable),
+#           prometheus-alertmanager (compose's monitoring profile stand-in)
+#   Go:     helm, grpcurl and helm-docs, built once into $GOPATH/bin and reused afterwards.
 # Idempotent: a second run with everything present does nothing and takes a second.
 set -euo pipefail
 
 HELM_VERSION="${HELM_VERSION:-v3.16.4}"
 GRPCURL_VERSION="${GRPCURL_VERSION:-v1.9.3}"
+HELM_DOCS_VERSION="${HELM_DOCS_VERSION:-v1.14.2}"
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
 
@@ -27,6 +31,9 @@ command -v openssl >/dev/null 2>&1 || missing_debs+=(openssl)
 command -v curl >/dev/null 2>&1 || missing_debs+=(curl)
 command -v unshare >/dev/null 2>&1 || missing_debs+=(util-linux)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing_debs+=(iproute2)
+command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || missing_debs+=(docker.io)
+command -v mmdebstrap >/dev/null 2>&1 || missing_debs+=(mmdebstrap)
+[ -x /usr/bin/prometheus-alertmanager ] || missing_debs+=(prometheus-alertmanager)
 
 if [ "${#missing_debs[@]}" -gt 0 ]; then
     log "apt-get install ${missing_debs[*]}"
@@ -61,5 +68,6 @@ go_tool() {  # name module version
 }
 go_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
+go_tool helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs "$HELM_DOCS_VERSION"
 
-log "tools ready: storescu, Orthanc, prometheus, promtool, docker-compose, helm, grpcurl ($gobin)"
+log "tools ready: storescu, Orthanc, prometheus, promtool, docker-compose, dockerd, mmdebstrap, alertmanager, helm, grpcurl, helm-docs ($gobin)"

@@ -75,6 +75,7 @@ _OPEN: Final = frozenset({"/healthz", *apidocs.OPEN_PATHS, apidocs.STATIC_PREFIX
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+_DRAIN_SECONDS = 5.0  # how long cleanup waits for in-flight requests at shutdown
 
 
 def _open(request: web.Request) -> bool:
@@ -220,7 +221,11 @@ async def start(host: str, port: int, api: HttpApi) -> tuple[web.AppRunner, int]
     """Serve `api` on host:port (0: an ephemeral port); the runner and the bound port.
 
     Raises OSError naming the setting when the port cannot be bound."""
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    # aiohttp waits up to 60 s for open connections at cleanup by default; a client that
+    # keeps one open must not hold the store's shutdown that long.
+    runner = web.AppRunner(
+        api.app(), access_log=None, handle_signals=False, shutdown_timeout=_DRAIN_SECONDS
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

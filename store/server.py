@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import signal
 import threading
-from collections.abc import Set
+from collections.abc import Coroutine, Set
 from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -67,21 +68,57 @@ class RunningStore:
         if self._stopped:
             return
         self._stopped = True
-        _log.info("store shutting down", extra={"fields": {"grace_s": self.config.shutdown_grace}})
+        grace = self.config.shutdown_grace
+        _log.info("store shutting down", extra={"fields": {"grace_s": grace}})
         await self.health.enter_graceful_shutdown()
         self.draining.set()
-        await self.server.stop(self.config.shutdown_grace)
+        # Each step is bounded: a shutdown that waits for ever only ends in SIGKILL, which
+        # rolls nothing back more cleanly than going on does.
+        await _bounded("gRPC server stop", self.server.stop(grace), grace + _STEP_SECONDS)
         if self._http is not None:
-            await self._http.cleanup()
-        if self._probe is not None:
-            self._probe.cancel()
-        for task in self._background:
+            await _bounded("HTTP server stop", self._http.cleanup(), grace + _STEP_SECONDS)
+        tasks = [*self._background, *([self._probe] if self._probe is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await self.db.close()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_STEP_SECONDS)
+            for task in pending:
+                _log.warning(
+                    "store shutdown: a background task did not end when cancelled; going on",
+                    extra={"fields": {"task": task.get_name(), "stack": _stack(task)}},
+                )
+        await _bounded("database pool close", self.db.close(), 2 * _STEP_SECONDS)
         self._httpd.shutdown()
         self._httpd.server_close()
         _log.info("store stopped")
+
+
+_STEP_SECONDS = 5.0
+
+
+async def _bounded(step: str, work: Coroutine[Any, Any, Any], seconds: float) -> None:
+    """Await `work` for at most `seconds`; past that, log the stuck step and go on (the
+    task is left cancelled, not awaited: awaiting a cancellation can hang as well)."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        _log.warning(
+            "store shutdown: a step did not finish in time; going on",
+            extra={"fields": {"step": step, "timeout_s": seconds, "stack": _stack(task)}},
+        )
+    elif not task.cancelled() and task.exception() is not None:
+        _log.warning(
+            "store shutdown: a step failed; going on",
+            extra={"fields": {"step": step, "error": repr(task.exception())}},
+        )
+
+
+def _stack(task: asyncio.Future[Any]) -> str:
+    buffer = io.StringIO()
+    if isinstance(task, asyncio.Task):
+        task.print_stack(file=buffer)
+    return buffer.getvalue()
 
 
 def server_options(config: StoreConfig) -> list[tuple[str, int]]:

@@ -102,10 +102,28 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
         yield url
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1, free now, for a server the test starts a moment later.
+
+    Taken from below the kernel's ephemeral range: a port bind(0) chose could be handed by
+    the kernel to any other bind(0) or outgoing connection before the server binds it (seen
+    in CI as a store failing to start); below that range only an explicit bind can take it,
+    and this process hands each port out once."""
+    import random
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(12000, max(low, 12001))
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port

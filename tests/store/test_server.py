@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -250,3 +251,52 @@ def test_store_exits_with_a_clear_error_when_its_grpc_port_is_taken(migrated_url
         )
     assert result.returncode == 1
     assert "--grpc-port" in result.stderr
+
+
+def test_stop_ends_while_an_http_client_holds_a_request_half_sent(migrated_url: str) -> None:
+    """A client that sent half a request and then went quiet (a stalled proxy, a port scan)
+    must not hold the store's shutdown: it ends within its bounded steps, and the stalled
+    connection is closed rather than waited for."""
+    import socket
+
+    store = StoreThread(store_config(migrated_url), migrated_url)
+    stalled = socket.create_connection(("127.0.0.1", store.store.http_port), timeout=30)
+    try:
+        stalled.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line: unfinished
+        started = time.monotonic()
+        store.stop()
+        # Bounded steps: 2 s gRPC grace + 5 s HTTP drain + 5 s tasks + 10 s pool, at most.
+        assert time.monotonic() - started < 25
+        assert stalled.recv(1024) == b""  # the server closed the connection
+    finally:
+        stalled.close()
+
+
+def test_stop_goes_on_past_a_background_task_that_ignores_cancellation(
+    migrated_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue  # the defect being guarded against: a task that will not end
+
+    store = StoreThread(store_config(migrated_url), migrated_url)
+    future = asyncio.run_coroutine_threadsafe(_spawn(stubborn()), store.loop)
+    store.store._background.append(future.result(10))
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="seriesflow.store.server"):
+        store.stop()
+    assert time.monotonic() - started < 25
+    warned = [r for r in caplog.records if "did not end when cancelled" in r.getMessage()]
+    assert warned, [r.getMessage() for r in caplog.records]
+    assert "stubborn" in warned[0].__dict__["fields"]["stack"]
+
+
+async def _spawn(work: Any) -> Any:
+    import asyncio
+
+    return asyncio.ensure_future(work)
