@@ -22,7 +22,7 @@ $(PY):
 
 # `make run` installs only what the services need, so a first run starts quickly.
 $(RUNTIME_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[embedded]'
 	@touch $@
 
 $(DEV_STAMP): pyproject.toml | $(PY)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -20,6 +21,8 @@ from alembic.script import ScriptDirectory
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import URL
+
+from seriesflow.dbencoding import encoding_problem
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent
 
@@ -70,8 +73,23 @@ def head_revisions() -> frozenset[str]:
     return frozenset(ScriptDirectory.from_config(alembic_config("")).get_heads())
 
 
+def require_utf8(url: str) -> None:
+    """RuntimeError, naming the fix, unless `url`'s database is UTF8 (see dbencoding).
+
+    Checked with psycopg alone: SQLAlchemy's first connect to a SQL_ASCII database already
+    fails, with a message about bytes that names neither."""
+    parts = urlsplit(url)
+    if parts.scheme.startswith("postgresql+"):
+        url = urlunsplit(parts._replace(scheme="postgresql"))
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        problem = encoding_problem(conn)
+    if problem is not None:
+        raise RuntimeError(problem)
+
+
 def current_revisions(url: str) -> frozenset[str]:
     """The revisions `url` is at; empty for a database never migrated."""
+    require_utf8(url)
     engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
@@ -81,6 +99,8 @@ def current_revisions(url: str) -> frozenset[str]:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate `url` to `revision`; RuntimeError, naming the fix, for a non-UTF8 database."""
+    require_utf8(url)
     command.upgrade(alembic_config(url), revision)
 
 
@@ -94,6 +114,7 @@ __all__ = [
     "current_revisions",
     "downgrade",
     "head_revisions",
+    "require_utf8",
     "sqlalchemy_url",
     "upgrade",
 ]

@@ -34,7 +34,16 @@ def resolve_url(config: StoreConfig) -> tuple[str, Callable[[], None] | None]:
     """
     if config.database_url:
         return config.database_url, None
-    from seriesflow.store.embedded_postgres import EmbeddedPostgres
+    try:
+        from seriesflow.store.embedded_postgres import EmbeddedPostgres
+    except ModuleNotFoundError as exc:
+        if exc.name != "pgserver":
+            raise
+        raise RuntimeError(
+            "no database configured and the embedded PostgreSQL is not installed: set "
+            "SERIESFLOW_DATABASE_URL / --database-url, or install it with "
+            "pip install 'seriesflow[embedded]'"
+        ) from exc
 
     embedded = EmbeddedPostgres(config.data_dir)
     return embedded.url, embedded.stop

@@ -11,14 +11,18 @@ from collections.abc import Set
 
 import psycopg
 
+from seriesflow.dbencoding import encoding_problem
 from seriesflow.store.database import libpq_url
-from seriesflow.store.errors import MIGRATE_HINT, SchemaNotAtHead, translate
+from seriesflow.store.errors import MIGRATE_HINT, DatabaseFault, SchemaNotAtHead, translate
 
 
 def recorded_revisions(url: str) -> frozenset[str]:
     """Revisions recorded in alembic_version; empty for a database never migrated."""
     try:
         with psycopg.connect(libpq_url(url), connect_timeout=10) as conn:
+            problem = encoding_problem(conn)
+            if problem is not None:
+                raise DatabaseFault(problem)
             exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
             if not exists or not exists[0]:
                 return frozenset()

@@ -13,7 +13,11 @@ _log = logging.getLogger(__name__)
 
 def main(config: StoreConfig) -> int:
     """Migrate to head; 0 on success, 1 (with the reason logged) on failure."""
-    url, stop = resolve_url(config)
+    try:
+        url, stop = resolve_url(config)
+    except Exception as exc:  # no URL and no embedded PostgreSQL, or it cannot start
+        _log.error("migration failed", extra={"fields": {"error": str(exc)}})
+        return 1
     try:
         before = migrations.current_revisions(url)
         migrations.upgrade(url)

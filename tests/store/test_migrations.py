@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from seriesflow import migrations
 from seriesflow.cli import migrate
 from seriesflow.migrations import sqlalchemy_url
 from seriesflow.store.config import StoreConfig
-from seriesflow.store.errors import SchemaNotAtHead
+from seriesflow.store.errors import DatabaseFault, SchemaNotAtHead
 from seriesflow.store.schema import require_head
 
 TABLES = {"patients", "studies", "series", "instances", "merge_conflicts"}
@@ -75,6 +78,41 @@ def test_migrate_main_brings_the_configured_database_to_head(database_url: str) 
 def test_migrate_main_fails_with_exit_code_on_unreachable_database() -> None:
     url = "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2"
     assert migrate.main(StoreConfig(database_url=url)) == 1
+
+
+@pytest.fixture
+def sql_ascii_url(postgres_server_url: str) -> Iterator[str]:
+    """A database created the way old clusters and some hosted PostgreSQL defaults make it."""
+    name = f"test_ascii_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0"
+            " LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    params = conninfo_to_dict(postgres_server_url)
+    params["dbname"] = name
+    try:
+        yield make_conninfo(**params)
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_migrate_refuses_a_sql_ascii_database_naming_its_encoding_and_the_fix(
+    sql_ascii_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("ERROR"):
+        assert migrate.main(StoreConfig(database_url=sql_ascii_url)) == 1
+    error = next(r for r in caplog.records if r.getMessage() == "migration failed")
+    message = error.__dict__["fields"]["error"]
+    assert "uses encoding SQL_ASCII" in message
+    assert "ENCODING 'UTF8' TEMPLATE template0" in message
+    assert _tables(sql_ascii_url) == set()  # nothing half-created
+
+
+def test_the_store_refuses_a_sql_ascii_database_too(sql_ascii_url: str) -> None:
+    with pytest.raises(DatabaseFault, match=r"uses encoding SQL_ASCII.*needs a UTF8 database"):
+        require_head(sql_ascii_url, migrations.head_revisions())
 
 
 @pytest.mark.parametrize(
