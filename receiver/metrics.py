@@ -17,6 +17,8 @@ from prometheus_client import (
     Histogram,
 )
 
+from seriesflow.build_info import register_build_info
+
 # The `step` label of delivery_retries: assigning a series to an update, re-sending an
 # update recovered at start, retiring acked entries, keeping a rejected update aside.
 DELIVERY_STEPS = ("assign", "resend", "retire", "dead_letter")
@@ -33,6 +35,7 @@ class ReceiverMetrics:
         # registry, which the receiver exported before it had a registry of its own.
         for collector in (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR):
             r.register(collector)
+        self.build_info = register_build_info(r)
         self.associations_active = Gauge(
             "seriesflow_receiver_associations_active",
             "DICOM associations currently open",
@@ -98,6 +101,12 @@ class ReceiverMetrics:
         )
         self.spool_bytes = Gauge(
             "seriesflow_receiver_spool_bytes", "Bytes held by pending spool entries", registry=r
+        )
+        self.spool_limit_bytes = Gauge(
+            "seriesflow_receiver_spool_limit_bytes",
+            "SERIESFLOW_SPOOL_MAX_BYTES: pending spool bytes beyond which C-STORE answers "
+            "0xA700 (free = this minus seriesflow_receiver_spool_bytes)",
+            registry=r,
         )
         self.spool_oldest_age = Gauge(
             "seriesflow_receiver_spool_oldest_pending_age_seconds",

@@ -1,7 +1,12 @@
-"""gRPC server metrics (grpc_server_started_total, _handled_total, _handling_seconds).
+"""gRPC server metrics: seriesflow_store_grpc_server_started_total, _handled_total and
+_handling_seconds.
 
-Names and labels follow the go-grpc-prometheus conventions so stock dashboards work. The
-interceptor wraps every method handler, including health and reflection.
+Labels (grpc_service, grpc_method, grpc_type, grpc_code) and the name's tail follow the
+go-grpc-prometheus conventions; the seriesflow_store_ prefix keeps them apart from every
+other gRPC server in a shared Prometheus, where a bare grpc_server_handled_total would be
+summed with theirs by any query not scoped by job (the health and reflection services,
+which this interceptor counts as well, have the same grpc_service everywhere). A stock
+gRPC dashboard works after replacing `grpc_server_` by `seriesflow_store_grpc_server_`.
 """
 
 from __future__ import annotations
@@ -29,16 +34,19 @@ class GrpcMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["grpc_service", "grpc_method", "grpc_type"]
         self.started = Counter(
-            "grpc_server_started_total", "RPCs started on the server", labels, registry=registry
+            "seriesflow_store_grpc_server_started_total",
+            "RPCs started on the server",
+            labels,
+            registry=registry,
         )
         self.handled = Counter(
-            "grpc_server_handled_total",
+            "seriesflow_store_grpc_server_handled_total",
             "RPCs completed on the server, by status code",
             [*labels, "grpc_code"],
             registry=registry,
         )
         self.seconds = Histogram(
-            "grpc_server_handling_seconds",
+            "seriesflow_store_grpc_server_handling_seconds",
             "Duration of RPCs until the server finished them",
             labels,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300),

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the store, on a registry of their own.
+"""Prometheus metrics of the store, on a registry of their own, and the port serving them.
 
 One StoreMetrics per server (not module globals) so two stores in one process, as in the
 tests, never share counters. Labels are bounded enums; no patient data ever appears in them.
@@ -6,10 +6,25 @@ tests, never share counters. Labels are bounded enums; no patient data ever appe
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from seriesflow.build_info import register_build_info
 
 if TYPE_CHECKING:
     from seriesflow.store.completion import Completion
@@ -61,6 +76,11 @@ class StoreMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_* (CPU, memory, file descriptors, start time), python_info and python_gc_*,
+        # as the receiver exports them: the dashboard's resource panels need both services.
+        for collector in (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR):
+            r.register(collector)
+        self.build_info = register_build_info(r)
         self.updates = Counter(
             "seriesflow_store_updates_total",
             "SeriesUpdates answered, by result",
@@ -218,3 +238,44 @@ class StoreMetrics:
             lambda: stats().get("pool_available", 0)
         )
         self.pool_waiting.set_function(lambda: stats().get("requests_waiting", 0))
+
+
+METRICS_PATH = "/metrics"
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every few seconds would drown the log
+
+
+def start_metrics_server(
+    host: str, port: int, registry: CollectorRegistry
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve `registry` on GET /metrics only (404 elsewhere), in a daemon thread.
+
+    prometheus_client's start_http_server answers every path with the metrics, so a
+    probe or a typo (`/readyz`, `/metric`) would get 200 and look like success."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == METRICS_PATH:
+            return metrics_app(environ, start_response)
+        body = b"not found: the store serves its metrics at /metrics\n"
+        start_response(
+            "404 Not Found",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    # An IPv6 host (`::`) needs an AF_INET6 server; HTTPServer assumes AF_INET.
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    httpd = make_server(str(address[0]), port, app, Server, handler_class=_Quiet)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return httpd, thread

@@ -24,7 +24,6 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from prometheus_client import start_http_server
 
 from seriesflow import settings
 from seriesflow.store import completion, http, reflection, watch
@@ -33,7 +32,7 @@ from seriesflow.store.config import StoreConfig
 from seriesflow.store.database import Database, create_pool, resolve_url
 from seriesflow.store.errors import StoreError
 from seriesflow.store.grpc_metrics import GrpcMetrics, MetricsInterceptor
-from seriesflow.store.metrics import StoreMetrics
+from seriesflow.store.metrics import StoreMetrics, start_metrics_server
 from seriesflow.store.schema import require_head
 from seriesflow.store.servicer import SERVICE_NAME, SeriesStoreServicer, generic_handler
 from seriesflow.store.stream import Limits, Shared
@@ -254,8 +253,8 @@ async def _start_serving(config: StoreConfig, db: Database) -> RunningStore:
     api = http.HttpApi(db, authenticator, metrics)
     http_runner, http_port = await http.start(config.listen_host, config.store_http_port, api)
     try:
-        httpd, _thread = start_http_server(
-            config.store_metrics_port, addr=config.listen_host, registry=metrics.registry
+        httpd, _thread = start_metrics_server(
+            config.listen_host, config.store_metrics_port, metrics.registry
         )
     except BaseException:
         await http_runner.cleanup()

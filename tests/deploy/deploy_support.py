@@ -171,9 +171,9 @@ STORE_METRICS = {
     "seriesflow_store_event_delivery_seconds": "histogram",
     "seriesflow_store_http_requests_total": "counter",
     "seriesflow_store_http_request_duration_seconds": "histogram",
-    "grpc_server_started_total": "counter",
-    "grpc_server_handled_total": "counter",
-    "grpc_server_handling_seconds": "histogram",
+    "seriesflow_store_grpc_server_started_total": "counter",
+    "seriesflow_store_grpc_server_handled_total": "counter",
+    "seriesflow_store_grpc_server_handling_seconds": "histogram",
 }
 RECEIVER_METRICS = {
     "seriesflow_receiver_associations_active": "gauge",

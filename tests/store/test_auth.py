@@ -229,8 +229,8 @@ def test_refusals_are_counted_by_scope_and_reason(token_store: StoreProcess) -> 
         'seriesflow_store_auth_rejections_total{reason="unknown_token",scope="read"} 1.0',
         'seriesflow_store_auth_rejections_total{reason="wrong_scope",scope="write"} 1.0',
         'seriesflow_store_auth_rejections_total{reason="unknown_token",scope="write"} 0.0',
-        'grpc_server_handled_total{grpc_code="UNAUTHENTICATED",grpc_method="ListSeries",'
-        'grpc_service="seriesflow.v1.SeriesStore",grpc_type="unary"} 2.0',
+        'seriesflow_store_grpc_server_handled_total{grpc_code="UNAUTHENTICATED",'
+        'grpc_method="ListSeries",grpc_service="seriesflow.v1.SeriesStore",grpc_type="unary"} 2.0',
     ):
         assert line in text
     assert READ_TOKEN not in text and WRITE_TOKEN not in text

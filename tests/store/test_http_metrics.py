@@ -50,3 +50,20 @@ def test_requests_are_counted_by_route_method_and_status(running_store: StoreThr
     assert _sample(text, name, route="unmatched", method="GET", code="404") == 1
     assert study not in text and series not in text  # no UID in any label
     assert 'seriesflow_store_http_request_duration_seconds_count{route="/studies"} 2.0' in text
+
+
+def test_the_metrics_port_answers_only_on_metrics(running_store: StoreThread) -> None:
+    # prometheus_client's own server answers every path with the metrics, so a probe
+    # pointed at /readyz would have seen 200 and a healthy-looking body.
+    port = running_store.store.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        assert answer.status == 200
+        assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert b"seriesflow_store_database_up" in answer.read()
+    for path in ("/readyz", "/livez", "/", "/metrics/", "/metricsx", "/favicon.ico"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+                raise AssertionError(f"{path}: {answer.status}, expected 404")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404, path
+            assert b"seriesflow_" not in exc.read(), path

@@ -29,6 +29,7 @@ from st_harness import (  # noqa: F401 (fixtures)
     uid,
 )
 
+from seriesflow import build_info
 from seriesflow.v1 import series_store_pb2 as pb
 from seriesflow.v1 import series_store_pb2_grpc as pb_grpc
 
@@ -119,14 +120,21 @@ def test_metrics_expose_every_documented_name(running_store: StoreThread) -> Non
         'seriesflow_store_merge_conflicts_total{kind="instance_in_other_series"} 0.0',
         'seriesflow_store_merge_conflicts_total{kind="study_patient_mismatch"} 0.0',
         "seriesflow_store_database_up 1.0",
-        'grpc_server_started_total{grpc_method="StoreSeries",grpc_service="seriesflow.v1.'
-        'SeriesStore",grpc_type="bidi_stream"} 1.0',
-        'grpc_server_handled_total{grpc_code="OK",grpc_method="ListSeries",'
+        'seriesflow_store_grpc_server_started_total{grpc_method="StoreSeries",'
+        'grpc_service="seriesflow.v1.SeriesStore",grpc_type="bidi_stream"} 1.0',
+        'seriesflow_store_grpc_server_handled_total{grpc_code="OK",grpc_method="ListSeries",'
         'grpc_service="seriesflow.v1.SeriesStore",grpc_type="unary"} 1.0',
-        'grpc_server_handled_total{grpc_code="NOT_FOUND",grpc_method="GetSeries",'
+        'seriesflow_store_grpc_server_handled_total{grpc_code="NOT_FOUND",'
+        'grpc_method="GetSeries",grpc_service="seriesflow.v1.SeriesStore",grpc_type="unary"} 1.0',
+        'seriesflow_store_grpc_server_handling_seconds_count{grpc_method="ListSeries",'
         'grpc_service="seriesflow.v1.SeriesStore",grpc_type="unary"} 1.0',
-        'grpc_server_handling_seconds_count{grpc_method="ListSeries",'
-        'grpc_service="seriesflow.v1.SeriesStore",grpc_type="unary"} 1.0',
+        # The build and the process, as the receiver exports them.
+        f'seriesflow_build_info{{revision="{build_info.revision()}",'
+        f'version="{build_info.version()}"}} 1.0',
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_start_time_seconds ",
+        "python_info{",
     ]
     # The server counts a call as handled just after the client has its answer: poll.
     deadline = time.monotonic() + 10
