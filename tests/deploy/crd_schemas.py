@@ -1,8 +1,10 @@
-"""JSON schemas for the two Prometheus-operator kinds the chart renders.
+"""JSON schemas for the custom kinds the chart renders: the Prometheus operator's
+ServiceMonitor and PrometheusRule, and cert-manager's Certificate.
 
 kubernetes-validate only knows built-in kinds, so these are checked here instead: the
-fields the chart uses, with the operator's types and formats (monitoring.coreos.com/v1),
-and no unknown fields, so a misspelt key fails instead of being ignored by the operator.
+fields the chart uses, with the operators' types and formats (monitoring.coreos.com/v1,
+cert-manager.io/v1), and no unknown fields, so a misspelt key fails instead of being
+ignored by the operator.
 """
 
 from __future__ import annotations
@@ -27,6 +29,46 @@ _LABEL_SELECTOR = {
     "properties": {
         "matchLabels": _LABELS,
         "matchExpressions": {"type": "array", "items": {"type": "object"}},
+    },
+    "additionalProperties": False,
+}
+
+# RelabelConfig of monitoring.coreos.com/v1 (its fields are camelCase, unlike Prometheus').
+_RELABEL = {
+    "type": "object",
+    "properties": {
+        "sourceLabels": {"type": "array", "items": {"type": "string"}},
+        "separator": {"type": "string"},
+        "targetLabel": {"type": "string"},
+        "regex": {"type": "string"},
+        "modulus": {"type": "integer"},
+        "replacement": {"type": "string"},
+        "action": {
+            "enum": [
+                "replace",
+                "Replace",
+                "keep",
+                "Keep",
+                "drop",
+                "Drop",
+                "hashmod",
+                "HashMod",
+                "labelmap",
+                "LabelMap",
+                "labeldrop",
+                "LabelDrop",
+                "labelkeep",
+                "LabelKeep",
+                "lowercase",
+                "Lowercase",
+                "uppercase",
+                "Uppercase",
+                "keepequal",
+                "KeepEqual",
+                "dropequal",
+                "DropEqual",
+            ]
+        },
     },
     "additionalProperties": False,
 }
@@ -64,8 +106,9 @@ SERVICE_MONITOR: dict[str, Any] = {
                             "scheme": {"enum": ["http", "https"]},
                             "interval": _DURATION,
                             "scrapeTimeout": _DURATION,
-                            "relabelings": {"type": "array"},
-                            "metricRelabelings": {"type": "array"},
+                            "honorLabels": {"type": "boolean"},
+                            "relabelings": {"type": "array", "items": _RELABEL},
+                            "metricRelabelings": {"type": "array", "items": _RELABEL},
                         },
                         "additionalProperties": False,
                     },
@@ -125,4 +168,78 @@ PROMETHEUS_RULE: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-BY_KIND = {"ServiceMonitor": SERVICE_MONITOR, "PrometheusRule": PROMETHEUS_RULE}
+_KEY_USAGES = [
+    "signing",
+    "digital signature",
+    "content commitment",
+    "key encipherment",
+    "key agreement",
+    "data encipherment",
+    "cert sign",
+    "crl sign",
+    "encipher only",
+    "decipher only",
+    "any",
+    "server auth",
+    "client auth",
+    "code signing",
+    "email protection",
+    "s/mime",
+    "ipsec end system",
+    "ipsec tunnel",
+    "ipsec user",
+    "timestamping",
+    "ocsp signing",
+    "microsoft sgc",
+    "netscape sgc",
+]
+
+CERTIFICATE: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["secretName", "issuerRef"],
+            "properties": {
+                "secretName": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
+                "commonName": {"type": "string", "maxLength": 64},
+                "dnsNames": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "usages": {"type": "array", "items": {"enum": _KEY_USAGES}},
+                "duration": {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"},
+                "renewBefore": {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"},
+                "privateKey": {
+                    "type": "object",
+                    "properties": {
+                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                        "size": {"type": "integer"},
+                        "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                        "rotationPolicy": {"enum": ["Never", "Always"]},
+                    },
+                    "additionalProperties": False,
+                },
+                "issuerRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "kind": {"type": "string"},
+                        "group": {"type": "string"},
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "additionalProperties": False,
+        },
+    },
+    "additionalProperties": False,
+}
+
+BY_KIND = {
+    "ServiceMonitor": SERVICE_MONITOR,
+    "PrometheusRule": PROMETHEUS_RULE,
+    "Certificate": CERTIFICATE,
+}

@@ -26,8 +26,9 @@ NAMESPACE = "imaging"
 # Kubernetes minor versions every rendered object is validated against (kubernetes-validate):
 # the chart's minimum (Chart.yaml kubeVersion) up to a recent one.
 KUBERNETES_VERSIONS = ("1.27.0", "1.29.0", "1.31.0", "1.33.0")
-# Kinds of the Prometheus operator: not in the Kubernetes schemas, checked by our own.
-CRD_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
+# Kinds of the Prometheus operator and cert-manager: not in the Kubernetes schemas, checked
+# by our own (crd_schemas.py).
+CRD_KINDS = frozenset({"ServiceMonitor", "PrometheusRule", "Certificate"})
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "Job", "Pod"})
 
 Manifest = dict[str, Any]
@@ -117,13 +118,19 @@ def container_env(container: Manifest, objects: tuple[Manifest, ...]) -> dict[st
     """The environment Kubernetes gives a container: envFrom ConfigMaps, then env.
 
     Plain values are returned as strings; `valueFrom` entries as their reference dict, for
-    the caller to resolve (a Secret it controls, the pod name, ...).
+    the caller to resolve (a Secret it controls, the pod name, ...). envFrom sources the
+    chart does not render (a user's extraEnvFrom) are left out; one named like the
+    release's own objects must be the chart's.
     """
     configmaps = {o["metadata"]["name"]: o for o in by_kind(objects, "ConfigMap")}
     env: dict[str, Any] = {}
     for source in container.get("envFrom", []):
+        if "configMapRef" not in source:
+            continue  # a user's Secret (extraEnvFrom)
         name = source["configMapRef"]["name"]
-        assert name in configmaps, f"envFrom names ConfigMap {name}, which the chart lacks"
+        if name not in configmaps:
+            assert not name.startswith(f"{RELEASE}-"), f"envFrom names the chart's {name}, absent"
+            continue
         env.update({k: str(v) for k, v in configmaps[name]["data"].items()})
     for item in container.get("env", []):
         env[item["name"]] = str(item["value"]) if "value" in item else item["valueFrom"]

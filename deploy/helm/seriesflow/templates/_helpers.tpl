@@ -42,6 +42,9 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: seriesflow
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -76,8 +79,40 @@ Create the name of the service account to use
 {{- end }}
 {{- end }}
 
+{{/*
+An image reference [registry/]repository:tag, or [registry/]repository@digest when a
+digest pins it: (dict "image" .Values.image "global" .Values.global "tag" default-tag).
+image.registry, else global.imageRegistry, prefixes the repository.
+*/}}
+{{- define "seriesflow.imageRef" -}}
+{{- $global := .global | default dict }}
+{{- $registry := .image.registry | default $global.imageRegistry }}
+{{- $repository := .image.repository }}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository }}
+{{- end }}
+{{- if .image.digest }}
+{{- printf "%s@%s" $repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (.image.tag | default .tag | toString) }}
+{{- end }}
+{{- end }}
+
 {{- define "seriesflow.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "seriesflow.imageRef" (dict "image" .Values.image "global" .Values.global "tag" .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "seriesflow.postgresql.image" -}}
+{{- include "seriesflow.imageRef" (dict "image" .Values.postgresql.image "global" .Values.global "tag" "16-bookworm") }}
+{{- end }}
+
+{{/*
+priorityClassName of a component's pods: its own, else the chart-wide one.
+(dict "root" $ "component" .Values.store)
+*/}}
+{{- define "seriesflow.priorityClassName" -}}
+{{- $name := .component.priorityClassName | default .root.Values.priorityClassName }}
+{{- if $name }}priorityClassName: {{ $name | quote }}{{ end }}
 {{- end }}
 
 {{- define "seriesflow.postgresql.fullname" -}}
@@ -93,43 +128,70 @@ Create the name of the service account to use
 {{- end }}
 
 {{/*
+Which database the release uses:
+  bundled    postgresql.enabled
+  parts      externalDatabase.host (+ port, user, database, sslmode; the password from
+             existingSecret/existingSecretPasswordKey or externalDatabase.password)
+  url        externalDatabase.url (the chart keeps it in a Secret)
+  urlSecret  externalDatabase.existingSecret holding a whole URL under existingSecretKey
+*/}}
+{{- define "seriesflow.database.mode" -}}
+{{- $db := .Values.externalDatabase }}
+{{- if .Values.postgresql.enabled }}bundled
+{{- else if $db.host }}parts
+{{- else if $db.url }}url
+{{- else if $db.existingSecret }}urlSecret
+{{- end }}
+{{- end }}
+
+{{/*
 Exactly one database source must be configured; fail early with a message saying how.
 */}}
 {{- define "seriesflow.validateDatabase" -}}
+{{- $db := .Values.externalDatabase }}
 {{- $sources := 0 }}
 {{- if .Values.postgresql.enabled }}{{ $sources = add1 $sources }}{{ end }}
-{{- if .Values.externalDatabase.url }}{{ $sources = add1 $sources }}{{ end }}
-{{- if .Values.externalDatabase.existingSecret }}{{ $sources = add1 $sources }}{{ end }}
+{{- if $db.url }}{{ $sources = add1 $sources }}{{ end }}
+{{- if $db.host }}{{ $sources = add1 $sources }}{{ end }}
+{{- if and $db.existingSecret (not $db.host) }}{{ $sources = add1 $sources }}{{ end }}
 {{- if ne $sources 1 }}
-{{- fail "seriesflow: configure exactly one database: postgresql.enabled=true (bundled, for trials), externalDatabase.url, or externalDatabase.existingSecret (a Secret holding the URL)" }}
+{{- fail "seriesflow: configure exactly one database: postgresql.enabled=true (bundled, for trials), externalDatabase.url, externalDatabase.host (with existingSecret + existingSecretPasswordKey, or password), or externalDatabase.existingSecret alone (a Secret holding the URL)" }}
 {{- end }}
-{{- if and (eq .Values.migrations.mode "hook") (not .Values.externalDatabase.existingSecret) }}
-{{- fail "seriesflow: migrations.mode=hook runs before the release's own objects exist, so it needs externalDatabase.existingSecret; use migrations.mode=initContainer with postgresql.enabled or externalDatabase.url" }}
+{{- if and $db.host (not $db.existingSecret) (not $db.password) }}
+{{- fail "seriesflow: externalDatabase.host needs a password: externalDatabase.existingSecret (key externalDatabase.existingSecretPasswordKey) or externalDatabase.password" }}
+{{- end }}
+{{- if and $db.host $db.existingSecret $db.password }}
+{{- fail "seriesflow: set externalDatabase.existingSecret or externalDatabase.password, not both" }}
+{{- end }}
+{{- if and .Values.postgresql.enabled .Values.postgresql.auth.existingSecret .Values.postgresql.auth.password }}
+{{- fail "seriesflow: set postgresql.auth.existingSecret or postgresql.auth.password, not both" }}
+{{- end }}
+{{- if and (eq .Values.migrations.mode "hook") (not $db.existingSecret) }}
+{{- fail "seriesflow: migrations.mode=hook runs before the release's own objects exist, so it needs externalDatabase.existingSecret (a URL, or the password beside externalDatabase.host); use migrations.mode=initContainer with postgresql.enabled or externalDatabase.url" }}
 {{- end }}
 {{- end }}
 
 {{/*
-The Secret and key holding SERIESFLOW_DATABASE_URL.
+The Secret the chart renders for the database (<fullname>-database), when it renders one.
 */}}
 {{- define "seriesflow.databaseSecretName" -}}
-{{- if .Values.externalDatabase.existingSecret }}
-{{- .Values.externalDatabase.existingSecret }}
-{{- else }}
 {{- printf "%s-database" (include "seriesflow.fullname" .) }}
 {{- end }}
-{{- end }}
 
-{{- define "seriesflow.databaseSecretKey" -}}
-{{- if .Values.externalDatabase.existingSecret }}
-{{- .Values.externalDatabase.existingSecretKey }}
-{{- else }}
-{{- "database-url" }}
-{{- end }}
+{{- define "seriesflow.database.rendersSecret" -}}
+{{- $mode := include "seriesflow.database.mode" . }}
+{{- if or (and (eq $mode "bundled") (not .Values.postgresql.auth.existingSecret)) (eq $mode "url") (and (eq $mode "parts") .Values.externalDatabase.password) }}true{{ end }}
 {{- end }}
 
 {{/*
-The bundled PostgreSQL password: given, else the one already stored in the release's Secret
-(so upgrades keep it), else a new random one.
+The bundled PostgreSQL password when the chart manages it: postgresql.auth.password, else
+the one a cluster already holds in the release's Secret (releases installed when the
+chart generated random passwords keep theirs), else one derived from the namespace,
+release and user. The derived one is the same on every render, so `helm template`, Argo
+CD and Flux render the same Secret each time (a random one would change the password the
+stores use, but not the one PostgreSQL was initialized with). It is not a secret from
+anyone who knows the release: it is for trials; set postgresql.auth.password or
+postgresql.auth.existingSecret for anything else (README, "The bundled PostgreSQL").
 */}}
 {{- define "seriesflow.postgresql.password" -}}
 {{- if .Values.postgresql.auth.password }}
@@ -139,20 +201,110 @@ The bundled PostgreSQL password: given, else the one already stored in the relea
 {{- if and $existing $existing.data (index $existing.data "postgres-password") }}
 {{- index $existing.data "postgres-password" | b64dec }}
 {{- else }}
-{{- randAlphaNum 32 }}
+{{- printf "seriesflow-postgresql/%s/%s/%s" .Release.Namespace (include "seriesflow.fullname" .) .Values.postgresql.auth.username | sha256sum | trunc 32 }}
 {{- end }}
 {{- end }}
 {{- end }}
 
 {{/*
-Environment shared by every seriesflow container that talks to the database.
+The data of the chart's database Secret (empty when it renders none). Also hashed into
+the store's checksum/secret annotation, so pods roll exactly when it changes.
+*/}}
+{{- define "seriesflow.database.secretData" -}}
+{{- $mode := include "seriesflow.database.mode" . }}
+{{- if include "seriesflow.database.rendersSecret" . }}
+{{- if eq $mode "bundled" }}
+{{- $password := include "seriesflow.postgresql.password" . }}
+{{- $auth := .Values.postgresql.auth }}
+{{- $url := printf "postgresql://%s:%s@%s:5432/%s" (urlquery $auth.username) (urlquery $password) (include "seriesflow.postgresql.fullname" .) (urlquery $auth.database) }}
+database-url: {{ $url | b64enc | quote }}
+postgres-password: {{ $password | b64enc | quote }}
+{{- else if eq $mode "url" }}
+database-url: {{ .Values.externalDatabase.url | b64enc | quote }}
+{{- else }}
+password: {{ .Values.externalDatabase.password | b64enc | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A libpq URL without the password (libpq takes it from PGPASSWORD): (dict "user" "host"
+"port" "database" "sslmode").
+*/}}
+{{- define "seriesflow.database.partsUrl" -}}
+{{- $host := .host }}
+{{- if contains ":" $host }}{{ $host = printf "[%s]" $host }}{{ end }}
+{{- printf "postgresql://%s@%s:%d/%s" (urlquery .user) $host (int .port) (urlquery .database) }}
+{{- with .sslmode }}{{ printf "?sslmode=%s" . }}{{ end }}
+{{- end }}
+
+{{/*
+Environment shared by every seriesflow container that talks to the database: the URL
+(from a Secret when it holds the password) and, where the password is kept apart from
+the URL, PGPASSWORD, which libpq reads when the URL carries none (no escaping needed).
 */}}
 {{- define "seriesflow.databaseEnv" -}}
+{{- $mode := include "seriesflow.database.mode" . }}
+{{- $db := .Values.externalDatabase }}
+{{- $auth := .Values.postgresql.auth }}
+{{- if and (eq $mode "bundled") $auth.existingSecret }}
+- name: SERIESFLOW_DATABASE_URL
+  value: {{ include "seriesflow.database.partsUrl" (dict "user" $auth.username "host" (include "seriesflow.postgresql.fullname" .) "port" 5432 "database" $auth.database "sslmode" "") | quote }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $auth.existingSecret }}
+      key: {{ $auth.secretKeys.userPasswordKey }}
+{{- else if eq $mode "parts" }}
+- name: SERIESFLOW_DATABASE_URL
+  value: {{ include "seriesflow.database.partsUrl" (dict "user" $db.user "host" $db.host "port" $db.port "database" $db.database "sslmode" $db.sslmode) | quote }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      {{- if $db.existingSecret }}
+      name: {{ $db.existingSecret }}
+      key: {{ $db.existingSecretPasswordKey }}
+      {{- else }}
+      name: {{ include "seriesflow.databaseSecretName" . }}
+      key: password
+      {{- end }}
+{{- else }}
 - name: SERIESFLOW_DATABASE_URL
   valueFrom:
     secretKeyRef:
+      {{- if eq $mode "urlSecret" }}
+      name: {{ $db.existingSecret }}
+      key: {{ $db.existingSecretKey }}
+      {{- else }}
       name: {{ include "seriesflow.databaseSecretName" . }}
-      key: {{ include "seriesflow.databaseSecretKey" . }}
+      key: database-url
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod annotations that roll a component's pods exactly when its own configuration changes:
+  checksum/config  the data of its ConfigMap (not labels, not other components' settings);
+                   for the hook Job, the settings it is given inline
+  checksum/secret  its database: the data of the chart's database Secret and the
+                   database environment (URL or parts, and which Secret keys hold them)
+The receiver has no database; the migrate init container is part of the store's pod.
+Secrets the chart does not render (existingSecret, cert-manager's, the gRPC token Secret,
+whose files the services re-read) are not hashed: see the README.
+(dict "root" $ "component" "store"|"receiver"|"migrate")
+*/}}
+{{- define "seriesflow.checksums" -}}
+{{- $root := .root }}
+{{- $database := printf "%s\n---\n%s" (include "seriesflow.database.secretData" $root) (include "seriesflow.databaseEnv" $root) }}
+{{- if eq .component "receiver" }}
+checksum/config: {{ include "seriesflow.receiver.configData" $root | sha256sum }}
+{{- else if eq .component "store" }}
+checksum/config: {{ include "seriesflow.store.configData" $root | sha256sum }}
+checksum/secret: {{ $database | sha256sum }}
+{{- else }}
+checksum/config: {{ $root.Values.logLevel | sha256sum }}
+checksum/secret: {{ $database | sha256sum }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -187,4 +339,17 @@ A token of the chart's Secret: the one already stored (so upgrades keep it), els
 {{- else }}
 {{- randAlphaNum 48 }}
 {{- end }}
+{{- end }}
+
+{{/*
+Labels of a ServiceMonitor/PrometheusRule beyond the chart's: release: <metrics.release>,
+which kube-prometheus-stack's default selectors require (serviceMonitorSelector and
+ruleSelector match its own Helm release name), then the object's own labels, which win.
+(dict "root" $ "labels" .Values.metrics.serviceMonitor.labels)
+*/}}
+{{- define "seriesflow.prometheusLabels" -}}
+{{- $labels := dict }}
+{{- with .root.Values.metrics.release }}{{ $_ := set $labels "release" . }}{{ end }}
+{{- $labels = merge (deepCopy (.labels | default dict)) $labels }}
+{{- with $labels }}{{ toYaml . }}{{ end }}
 {{- end }}
