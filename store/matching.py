@@ -80,6 +80,8 @@ class Attribute:
     indexed: bool = False
     # For DA: the text as received, returned when the date column is NULL (invalid date).
     raw: str = ""
+    # PN with the name-search indexes of migrations/versions/0005 (see _name_prefilter).
+    name_indexed: bool = False
 
 
 def _a(keyword: str, tag: str, vr: str, level: Level, column: str, **kw: Any) -> Attribute:
@@ -88,7 +90,7 @@ def _a(keyword: str, tag: str, vr: str, level: Level, column: str, **kw: Any) ->
 
 P, ST, SE, IM = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE
 ATTRIBUTES: Final[tuple[Attribute, ...]] = (
-    _a("PatientName", "00100010", "PN", P, "p.patient_name"),
+    _a("PatientName", "00100010", "PN", P, "p.patient_name", name_indexed=True),
     _a("PatientID", "00100020", "LO", P, "p.patient_id", indexed=True),
     _a("IssuerOfPatientID", "00100021", "LO", P, "p.issuer_of_patient_id"),
     _a("PatientBirthDate", "00100030", "DA", P, "p.patient_birth_date",
@@ -336,9 +338,9 @@ def _pn_test(sql: str, value: str, params: Params, fuzzy: bool) -> str:
     return f"rtrim({fold(sql)}, '^') = {fold(params.add(value.rstrip('^')))}"
 
 
-def _pn(col: str, value: str, key: str, params: Params, fuzzy: bool) -> str:
+def _pn(col: str, value: str, key: str, params: Params, fuzzy: bool, indexed: bool) -> str:
     if fuzzy and not _has_wildcard(value):
-        return _fuzzy(col, value, key, params)
+        return _fuzzy(col, value, key, params, indexed)
     groups = value.split("=")
     if len(groups) > 3:
         raise BadRequest(key, "a person name has at most 3 component groups (a=b=c)")
@@ -349,19 +351,93 @@ def _pn(col: str, value: str, key: str, params: Params, fuzzy: bool) -> str:
             for n, group in enumerate(groups, 1)
             if group not in ("", "*")
         ]
+        if indexed and not fuzzy:
+            tests += [
+                _group_prefilter(col, n, prefix, params)
+                for n, group in enumerate(groups, 1)
+                if (prefix := _literal_prefix(group))
+            ]
         return " AND ".join(tests) or "TRUE"
     # The whole name, or any one of its component groups.
     whole, group = _pn_test(col, value, params, fuzzy), _pn_test("g.v", value, params, fuzzy)
-    return (
+    matched = (
         f"({whole} OR EXISTS (SELECT 1 FROM unnest(string_to_array({col}, '=')) AS g(v)"
         f" WHERE {group}))"
+    )
+    prefix = _literal_prefix(value)
+    if not indexed or fuzzy or not prefix:
+        return matched
+    return f"{_name_prefilter(col, prefix, params)} AND {matched}"
+
+
+# Name-search pre-filters: conditions every match of a PatientName value also meets, which
+# the indexes of migrations/versions/0005 answer. Each is ANDed to the matching condition,
+# which still decides every match: a pre-filter only lets the planner read the candidate
+# patients instead of all of them. Why each is implied, for a value whose literal prefix
+# (before its first wildcard; without one, the whole value less trailing ^) is L:
+# - a name or group g matches only if lower(g) starts with lower(L): LIKE is anchored, and
+#   lower() maps a text character by character, so it maps a prefix to a prefix. Then the
+#   first 64 characters of lower(g) start with the first 64 of lower(L);
+# - a name starts with its first group, so "group 1 starts with L" and "the name starts
+#   with L" both put the name in the prefix index's range; groups 2 and 3 have indexes
+#   of their own; a name of more groups is caught by LIKE '%=%=%=%' (a partial index);
+# - fuzzy: a word w matches only if the folded name, separators made spaces, holds
+#   " " + fold(w), so the first space-free piece of fold(w) begins one of the name's
+#   folded words and (both cut to 32 characters) prefixes a lexeme of
+#   catalog_name_words(name); a name too long to have that vector (over 256 characters)
+#   is caught by its length (a partial index).
+_PREFIX_CHARS: Final = 64
+_WORD_CHARS: Final = 32
+_WORDS_MAX_NAME: Final = 256
+
+
+def _literal_prefix(value: str) -> str:
+    if _has_wildcard(value):
+        return re.split(r"[*?]", value, maxsplit=1)[0]
+    return value.rstrip("^")
+
+
+def _indexed_prefix(sql: str) -> str:
+    return f"left(lower({sql}), {_PREFIX_CHARS})"
+
+
+def _prefix_pattern(prefix: str, params: Params) -> str:
+    """A LIKE pattern: starts with the first characters of lower(prefix)."""
+    return f"({_like_escaped(_indexed_prefix(params.add(prefix)))} || '%%')"
+
+
+def _name_prefilter(col: str, prefix: str, params: Params) -> str:
+    """The name `col`, or one of its component groups, can start with `prefix`."""
+    pattern = _prefix_pattern(prefix, params)
+    groups = [f"split_part({col}, '=', {n})" for n in (2, 3)]
+    arms = [f"{_indexed_prefix(sql)} LIKE {pattern}" for sql in (col, *groups)]
+    return "(" + " OR ".join([*arms, f"{col} LIKE '%%=%%=%%=%%'"]) + ")"
+
+
+def _group_prefilter(col: str, n: int, prefix: str, params: Params) -> str:
+    """Component group `n` (1-3) of the name `col` can start with `prefix`."""
+    target = col if n == 1 else f"split_part({col}, '=', {n})"
+    return f"{_indexed_prefix(target)} LIKE {_prefix_pattern(prefix, params)}"
+
+
+def _word_prefilter(col: str, word: str) -> str:
+    """A folded word of the name `col` can begin with the folded `word` (a placeholder)."""
+    first = f"left(split_part({_fold(word)}, ' ', 1), {_WORD_CHARS})"
+    # A tsquery lexeme in quotes, :* for "begins with"; \ and ' escaped inside.
+    lexeme = rf"replace(replace({first}, '\', '\\'), '''', '''''')"
+    query = f"('''' || {lexeme} || ''':*')::tsquery"
+    # The CASE folds away when the statement is planned with its values: a folded word
+    # that begins with a space (its first piece is empty) pre-filters nothing.
+    return (
+        f"(CASE WHEN {first} = '' THEN TRUE ELSE catalog_name_words({col}) @@ {query} END"
+        f" OR length({col}) > {_WORDS_MAX_NAME})"
     )
 
 
 def _text_one(attr: Attribute, value: str, key: str, params: Params, fuzzy: bool) -> str:
     col = attr.column
     if attr.vr == "PN":
-        return _pn(col, value, key, params, fuzzy)
+        return _pn(col, value, key, params, fuzzy, attr.name_indexed)
     if _has_wildcard(value):
         return f"{col} LIKE {params.add(like_pattern(value))} ESCAPE '\\'"
     p = params.add(value)
@@ -370,7 +446,7 @@ def _text_one(attr: Attribute, value: str, key: str, params: Params, fuzzy: bool
     return f"{col} = {p}"
 
 
-def _fuzzy(col: str, value: str, key: str, params: Params) -> str:
+def _fuzzy(col: str, value: str, key: str, params: Params, indexed: bool) -> str:
     words = [w for w in _WORDS.split(value) if w]
     if len(words) > MAX_FUZZY_WORDS:
         raise BadRequest(
@@ -381,14 +457,13 @@ def _fuzzy(col: str, value: str, key: str, params: Params) -> str:
     # Stored name with every separator a space, and a space in front: a word starts after
     # a space, so "% word%" finds a word that begins with `word`.
     stored = f"(' ' || translate({_fold(col)}, '^=,', '   '))"
-    return (
-        "("
-        + " AND ".join(
-            f"{stored} LIKE ('%% ' || {_like_escaped(_fold(params.add(w)))} || '%%') ESCAPE '\\'"
-            for w in words
-        )
-        + ")"
-    )
+    tests = []
+    for w in words:
+        p = params.add(w)
+        tests.append(f"{stored} LIKE ('%% ' || {_like_escaped(_fold(p))} || '%%') ESCAPE '\\'")
+        if indexed:
+            tests.append(_word_prefilter(col, p))
+    return "(" + " AND ".join(tests) + ")"
 
 
 def _modalities(value: str, key: str, params: Params) -> str:
