@@ -181,6 +181,7 @@ STORE_METRICS = {
     "seriesflow_store_grpc_server_started_total": "counter",
     "seriesflow_store_grpc_server_handled_total": "counter",
     "seriesflow_store_grpc_server_handling_seconds": "histogram",
+    "seriesflow_build_info": "gauge",  # in both services
 }
 RECEIVER_METRICS = {
     "seriesflow_receiver_associations_active": "gauge",
@@ -190,6 +191,7 @@ RECEIVER_METRICS = {
     "seriesflow_receiver_series_flushed_total": "counter",
     "seriesflow_receiver_spool_pending_instances": "gauge",
     "seriesflow_receiver_spool_bytes": "gauge",
+    "seriesflow_receiver_spool_limit_bytes": "gauge",
     "seriesflow_receiver_spool_oldest_pending_age_seconds": "gauge",
     "seriesflow_receiver_stream_reconnects_total": "counter",
     "seriesflow_receiver_store_connected": "gauge",

@@ -17,7 +17,7 @@ import rx_send
 from conftest import require_tool
 from rx_harness import MakeReceiver, ReceiverProcess, make_receiver  # noqa: F401 (fixtures)
 
-from seriesflow import settings
+from seriesflow import build_info, settings
 from seriesflow.receiver.app import Receiver
 from seriesflow.receiver.config import ReceiverConfig
 
@@ -181,9 +181,15 @@ def test_health_endpoints_and_metrics(make_receiver: MakeReceiver) -> None:
         "seriesflow_receiver_store_connected 0.0",
         "seriesflow_receiver_series_ack_latency_seconds_bucket",
         "seriesflow_receiver_dead_letters 0.0",
+        "seriesflow_receiver_spool_limit_bytes",
+        f'seriesflow_build_info{{revision="{build_info.revision()}",'
+        f'version="{build_info.version()}"}} 1.0',
+        "process_resident_memory_bytes ",
+        "process_start_time_seconds ",
     ):
         assert name in metrics, name
     assert "Doe^Jane" not in metrics and "PAT-1" not in metrics
+    assert get(receiver, "/metrics/")[0] == get(receiver, "/healthz")[0] == 404
 
     receiver.spool.close()  # the spool can no longer take writes
     assert get(receiver, "/readyz") == (503, "spool not writable\n")
