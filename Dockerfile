@@ -1,6 +1,11 @@
-# syntax=docker/dockerfile:1
 # One image for both services: `seriesflow store`, `seriesflow receiver`, `seriesflow migrate`.
-# Build:  docker build -t seriesflow:0.1.0 .
+# Build:  docker build -t seriesflow:0.1.0 \
+#           --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
+#           --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) .
+# No `# syntax=` line: BuildKit then uses its built-in Dockerfile frontend instead of pulling
+# one from a registry, so the image builds offline with BuildKit and the classic builder.
+# pgserver (the embedded PostgreSQL of `seriesflow run` without a URL, the `embedded` extra)
+# is not installed: a container is always given SERIESFLOW_DATABASE_URL.
 #
 # Stage 1 installs the package and its dependencies into a venv. Every dependency ships
 # manylinux wheels and the gRPC stubs are committed, so no compiler is needed anywhere;
@@ -29,9 +34,6 @@ RUN python -m pip --python /opt/seriesflow/bin/python install --no-cache-dir . \
  && /opt/seriesflow/bin/python -c "import seriesflow.cli, seriesflow.store.server, seriesflow.receiver.app, seriesflow.migrations"
 
 FROM ${PYTHON_IMAGE}
-LABEL org.opencontainers.image.title="seriesflow" \
-      org.opencontainers.image.description="DICOM C-STORE receiver and series catalog store" \
-      org.opencontainers.image.licenses="Apache-2.0"
 # Numeric user and group so Kubernetes' runAsNonRoot can verify them without /etc/passwd.
 # 10001 is the chart's runAsUser/fsGroup: change both together.
 RUN groupadd --system --gid 10001 seriesflow \
@@ -49,5 +51,19 @@ WORKDIR /var/lib/seriesflow
 USER 10001:10001
 # DICOM, store gRPC, store metrics, receiver metrics + health.
 EXPOSE 6667 8080 8081 50051 9101 9102
+# OCI annotations. The build sets VERSION, REVISION (the commit) and CREATED (RFC 3339);
+# the defaults say plainly that it did not. VERSION's default is pyproject.toml's version
+# (a test keeps the two equal). Last, so a new REVISION or CREATED rebuilds no other layer.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=1970-01-01T00:00:00Z
+ARG SOURCE=https://github.com/seriesflow/seriesflow
+LABEL org.opencontainers.image.title="seriesflow" \
+      org.opencontainers.image.description="DICOM C-STORE receiver and series catalog store" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}"
 ENTRYPOINT ["seriesflow"]
 CMD ["--help"]
