@@ -87,7 +87,11 @@ CASES = [
     (ci("external-db-url"), ("receiver.settings.spool_max_bytes=2GiB",), {"receiver"}),
     # Bitnami-style parts with migrations as a hook Job: the Job follows the database and
     # the log level, not the store's own settings.
-    (ci("external-db-parts"), ("externalDatabase.host=db2.example.internal",), {"store", "migrate"}),
+    (
+        ci("external-db-parts"),
+        ("externalDatabase.host=db2.example.internal",),
+        {"store", "migrate"},
+    ),
     (ci("external-db-parts"), ("externalDatabase.sslmode=require",), {"store", "migrate"}),
     (
         ci("external-db-parts"),

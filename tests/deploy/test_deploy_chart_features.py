@@ -208,7 +208,8 @@ def test_service_monitor_scrapes_both_metrics_services_under_the_alert_job_names
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     assert jobs <= {c["job_name"] for c in prometheus["scrape_configs"]}
     for job in jobs:
-        assert f'job="{job}"' in alerts
+        # The rules match jobs by regex (compose and ServiceMonitor name them alike).
+        assert f'job=~".*{job}.*"' in alerts
     for service in scraped:
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
@@ -335,10 +336,15 @@ def test_grpc_auth_is_on_by_default_with_generated_tokens_each_pod_mounting_what
     receiver = pod_spec(receiver_set)["containers"][0]
     receiver_env = container_env(receiver, objects)
     assert receiver_env["SERIESFLOW_STORE_TOKEN_FILE"] == f"{AUTH_FOLDER}/write-tokens"
+    assert receiver_env["SERIESFLOW_STORE_READ_TOKEN_FILE"] == f"{AUTH_FOLDER}/read-tokens"
     volume, mount = _auth_volume(receiver_set)
     assert mount["readOnly"] is True and mount["mountPath"] == AUTH_FOLDER
-    # A receiver writes; it gets no read token, so it cannot read patient data back.
-    assert volume["secret"]["items"] == [{"key": "write-tokens", "path": "write-tokens"}]
+    # A receiver writes, and answers C-FIND through the store's query API with the read
+    # token, which it reads at start: both files must be there.
+    assert volume["secret"]["items"] == [
+        {"key": "write-tokens", "path": "write-tokens"},
+        {"key": "read-tokens", "path": "read-tokens"},
+    ]
 
 
 def test_grpc_auth_with_an_existing_secret_mounts_it_and_renders_no_secret() -> None:
