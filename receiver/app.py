@@ -54,6 +54,7 @@ class Receiver:
         self.config = config
         self.metrics = ReceiverMetrics()
         self.spool = Spool(config.spool_dir, config.spool_max_bytes)
+        self.metrics.spool_limit_bytes.set(config.spool_max_bytes)
         self.tracker = Tracker(
             config.series_idle_timeout,
             config.series_released_grace,

@@ -283,7 +283,7 @@ def scope_of(method: str) -> str | None:
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Checks each call before its handler runs; compose it after MetricsInterceptor so
-    refused calls are counted by code in grpc_server_handled_total too."""
+    refused calls are counted by code in seriesflow_store_grpc_server_handled_total too."""
 
     def __init__(self, authenticator: Authenticator, metrics: StoreMetrics) -> None:
         self._auth = authenticator

@@ -15,6 +15,7 @@ import pytest
 import rx_dicom
 import rx_send
 from conftest import require_tool
+from prometheus_client.utils import floatToGoString
 from rx_harness import MakeReceiver, ReceiverProcess, make_receiver  # noqa: F401 (fixtures)
 
 from seriesflow import build_info, settings
@@ -181,7 +182,7 @@ def test_health_endpoints_and_metrics(make_receiver: MakeReceiver) -> None:
         "seriesflow_receiver_store_connected 0.0",
         "seriesflow_receiver_series_ack_latency_seconds_bucket",
         "seriesflow_receiver_dead_letters 0.0",
-        "seriesflow_receiver_spool_limit_bytes",
+        "seriesflow_receiver_spool_limit_bytes " + floatToGoString(receiver.config.spool_max_bytes),
         f'seriesflow_build_info{{revision="{build_info.revision()}",'
         f'version="{build_info.version()}"}} 1.0',
         "process_resident_memory_bytes ",
