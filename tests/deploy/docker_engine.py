@@ -23,6 +23,7 @@ API, for test modules (import the fixtures by name, as with st_harness):
                       output when the command fails
     .run(*args, timeout=120) -> CompletedProcess (unchecked)
     .build(context, tag, build_args={}, buildkit=True, dockerfile=None) -> tag
+    .start_build(...) -> Build, the same in the background: .result(timeout) -> tag, .cancel()
     .base_image() / .project_image() / .folder_image(folder) -> tag (each built once)
     .project_args     the build arguments the project image was built with
 - fixture `base_image` (session) -> tag of Debian bookworm with python3 (3.11), venv, pip
@@ -60,6 +61,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import psycopg
 import pytest
@@ -197,6 +199,34 @@ class DockerEngine:
         )
         return result.stdout
 
+    def start_build(
+        self,
+        context: Path,
+        tag: str,
+        build_args: Mapping[str, str] | None = None,
+        *,
+        buildkit: bool = True,
+        dockerfile: Path | None = None,
+    ) -> Build:
+        """`docker build` of a folder in the background (BuildKit or the classic builder,
+        host network); Build.result() waits for it."""
+        command = [self.cli, "build", "--network", "host", "--tag", tag]
+        if buildkit:
+            command += ["--progress", "plain"]
+        for key, value in (build_args or {}).items():
+            command += ["--build-arg", f"{key}={value}"]
+        if dockerfile is not None:
+            command += ["--file", str(dockerfile)]
+        log = tempfile.TemporaryFile()  # noqa: SIM115 (Build.result or .cancel closes it)
+        process = subprocess.Popen(
+            [*command, str(context)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**self.env, "DOCKER_BUILDKIT": "1" if buildkit else "0"},
+        )
+        what = f"building {tag} from {context} ({'BuildKit' if buildkit else 'classic'})"
+        return Build(tag, what, process, log)
+
     def build(
         self,
         context: Path,
@@ -208,24 +238,10 @@ class DockerEngine:
         timeout: float = 600,
     ) -> str:
         """`docker build` of a folder, BuildKit or the classic builder, host network."""
-        command = ["build", "--network", "host", "--tag", tag]
-        if buildkit:
-            command += ["--progress", "plain"]
-        for key, value in (build_args or {}).items():
-            command += ["--build-arg", f"{key}={value}"]
-        if dockerfile is not None:
-            command += ["--file", str(dockerfile)]
-        result = self.run(
-            *command,
-            str(context),
-            timeout=timeout,
-            env={"DOCKER_BUILDKIT": "1" if buildkit else "0"},
+        started = self.start_build(
+            context, tag, build_args, buildkit=buildkit, dockerfile=dockerfile
         )
-        assert result.returncode == 0, (
-            f"building {tag} from {context} ({'BuildKit' if buildkit else 'classic'}) "
-            f"failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
-        )
-        return tag
+        return started.result(timeout)
 
     def base_image(self) -> str:
         """Debian bookworm + Python + the host's extra CAs, imported from a cached tarball."""
@@ -304,6 +320,40 @@ def _mounts_under(folder: Path) -> list[str]:
         if point == str(folder) or point.startswith(f"{folder}/"):
             points.append(point)
     return sorted(points, key=len, reverse=True)
+
+
+@dataclass
+class Build:
+    """A `docker build` running in the background."""
+
+    tag: str
+    what: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def result(self, timeout: float = 600) -> str:
+        """The tag once built; AssertionError with the build's output if it failed."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            raise AssertionError(f"{self.what}: still running after {timeout} s") from None
+        self.log.seek(0)
+        output = self.log.read().decode(errors="replace")
+        self.log.close()
+        assert code == 0, f"{self.what} failed ({code}):\n{output[-8000:]}"
+        return self.tag
+
+    def cancel(self) -> None:
+        """Stop the client (the daemon then cancels the build)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
 
 
 def project_build_args(python_image: str) -> dict[str, str]:

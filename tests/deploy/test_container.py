@@ -38,6 +38,7 @@ from conftest import free_port, require_tool
 from dicom_files import write_study
 from docker_engine import (  # noqa: F401 (fixtures)
     ROOT,
+    Build,
     DockerEngine,
     base_image,
     docker_engine,
@@ -296,7 +297,9 @@ def assert_stops_cleanly(container: Container) -> None:
     assert took < STOP_GRACE, f"{container.name} took {took:.1f} s: SIGKILLed, not stopped"
 
 
-def test_image_labels_user_and_contents(docker_engine: DockerEngine, project_image: str) -> None:
+def test_image_labels_user_and_contents(
+    docker_engine: DockerEngine, project_image: str, classic_build: Build
+) -> None:
     config = json.loads(
         docker_engine.docker("image", "inspect", "--format", "{{json .Config}}", project_image)
     )
@@ -428,12 +431,22 @@ def test_migrate_then_store_and_receiver_containers(
         assert_stops_cleanly(store)
 
 
+@pytest.fixture(scope="module")
+def classic_build(docker_engine: DockerEngine, project_image: str) -> Iterator[Build]:
+    """The classic builder's image, built while the runtime tests run (they mostly wait)."""
+    arguments = {**docker_engine.project_args}
+    build = docker_engine.start_build(
+        ROOT, "seriesflow-test/seriesflow:classic", arguments, buildkit=False
+    )
+    yield build
+    build.cancel()
+
+
 def test_classic_builder_builds_the_same_image(
-    docker_engine: DockerEngine, base_image: str, project_image: str
+    docker_engine: DockerEngine, project_image: str, classic_build: Build
 ) -> None:
-    """DOCKER_BUILDKIT=0: the legacy builder, still the one some CI systems use."""
-    arguments = {**docker_engine.project_args, "PYTHON_IMAGE": base_image}
-    tag = docker_engine.build(ROOT, "seriesflow-test/seriesflow:classic", arguments, buildkit=False)
+    """DOCKER_BUILDKIT=0: the legacy builder, which some CI systems still use."""
+    tag = classic_build.result()
 
     def facts(image: str) -> tuple[object, ...]:
         config = json.loads(
