@@ -1,8 +1,9 @@
 """The Dockerfile: hadolint's verdict, the final stage's shape, and its install steps run.
 
-No Docker engine runs here, so the build stage's commands are replayed outside a container:
-the package is built from exactly the files the build context would hold (.dockerignore
-applied) into a venv without pip, and that venv must run `seriesflow`.
+Static and quick, without a Docker engine: the build stage's commands are replayed outside
+a container (the package built from exactly the files the build context would hold,
+.dockerignore applied, into a venv without pip, which must run `seriesflow`). The image
+itself is built and run by test_container.py on a private engine.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -65,6 +67,36 @@ def test_final_stage_runs_seriesflow_as_a_numeric_user_without_build_tools() -> 
     expose = next(i for i in final if i.startswith("EXPOSE "))
     assert set(expose.split()[1:]) == {"6667", "8080", "8081", "50051", "9101", "9102"}
     assert "SERIESFLOW_LISTEN_HOST=0.0.0.0" in final_text
+
+
+def test_builds_offline_with_buildkit_and_carries_full_oci_labels() -> None:
+    text = DOCKERFILE.read_text()
+    # A `# syntax=` directive makes BuildKit pull its frontend image from a registry.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    final = "\n".join(stages()[-1])
+    args = dict(re.findall(r"^ARG (\w+)=(\S*)$", final, re.MULTILINE))
+    labels = dict(re.findall(r"org\.opencontainers\.image\.(\w+)=(\"[^\"]*\")", final))
+    for name, arg in (
+        ("version", "VERSION"),
+        ("revision", "REVISION"),
+        ("created", "CREATED"),
+        ("source", "SOURCE"),
+    ):
+        assert labels.get(name) == f'"${{{arg}}}"', f"label {name} comes from ARG {arg}"
+        assert arg in args, f"ARG {arg} has a default"
+    assert {"title", "description", "licenses"} <= labels.keys()
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert args["VERSION"] == version, "VERSION's default is pyproject.toml's version"
+    assert args["SOURCE"].startswith("https://")
+
+
+def test_the_image_installs_no_embedded_postgresql() -> None:
+    """`pip install .` installs the default dependencies: pgserver only in an extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(d.lower().startswith("pgserver") for d in project["dependencies"])
+    assert any(d.startswith("pgserver") for d in project["optional-dependencies"]["embedded"])
+    install = next(i for i in stages()[0] if "pip" in i and " install " in i)
+    assert re.search(r" install (--\S+ )*\.(\s|$)", install), install  # `.`, no [extras]
 
 
 def docker_context_files() -> list[Path]:
