@@ -97,7 +97,8 @@ def make_certificates(folder: Path) -> dict[str, dict[str, bytes]]:
 
 def mounted_source(workload: Manifest, container_name: str, path: str) -> tuple[str, str]:
     """(Secret, key) behind a file path in a container, through the pod's mounts."""
-    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    spec = workload["spec"] if workload["kind"] == "Pod" else workload["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
     container = next(c for c in containers(workload) if c["name"] == container_name)
     for mount in container.get("volumeMounts", []):
         if posixpath.dirname(path) == mount["mountPath"]:
@@ -278,6 +279,37 @@ def test_receiver_and_store_speak_the_tls_the_chart_configures(
     wait_until("the receiver's stream to the store", connected, tmp_path)
 
     dicom_port = receiver_env["SERIESFLOW_DICOM_PORT"]
+
+    # `helm test`: the test pod's own commands, pointed at the local services and files.
+    (pod,) = by_kind(objects, "Pod")
+    spec = pod["spec"]
+    (echo,) = spec["initContainers"]
+    python, flag, script, _host, _port, ae_title = echo["command"]
+    assert (python, flag) == ("python", "-c")
+    echoed = subprocess.run(
+        [sys.executable, "-c", script, "127.0.0.1", dicom_port, ae_title],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert echoed.returncode == 0 and "C-ECHO over TLS: 0" in echoed.stdout, echoed.stderr
+    (store_health,) = spec["containers"]
+    python, flag, script, _address, tls_dir = store_health["command"]
+    for item in ("ca.crt", "tls.crt", "tls.key"):
+        local.file(pod, "store-health", f"{tls_dir}/{item}")
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            address,
+            str(tmp_path / "files" / "seriesflow-receiver-tls"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0 and "SERVING" in checked.stdout, checked.stderr
     ca_file = tmp_path / "certs" / "ca.crt"
     study = tmp_path / "study"
     written = write_study(study, [3])
