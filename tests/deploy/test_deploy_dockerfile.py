@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from deploy_support import ROOT, venv_tool
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -87,7 +88,8 @@ def test_builds_offline_with_buildkit_and_carries_full_oci_labels() -> None:
     assert {"title", "description", "licenses"} <= labels.keys()
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert args["VERSION"] == version, "VERSION's default is pyproject.toml's version"
-    assert args["SOURCE"].startswith("https://")
+    chart = yaml.safe_load((ROOT / "deploy" / "helm" / "seriesflow" / "Chart.yaml").read_text())
+    assert args["SOURCE"] == chart["home"], "one project address for the image and the chart"
 
 
 def test_the_image_installs_no_embedded_postgresql() -> None:
