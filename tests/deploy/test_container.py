@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import free_port, require_tool
@@ -180,9 +181,7 @@ def http_status(url: str) -> int | None:
         return None
 
 
-def grpcurl(
-    address: str, method: str, request: dict[str, object] | None = None
-) -> dict[str, object]:
+def grpcurl(address: str, method: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
     """A call through the server's reflection, as the README's grpcurl examples make."""
     result = subprocess.run(
         [
@@ -198,7 +197,7 @@ def grpcurl(
         timeout=30,
     )
     assert result.returncode == 0, f"grpcurl {method}: {result.stderr}"
-    answer: dict[str, object] = json.loads(result.stdout)
+    answer: dict[str, Any] = json.loads(result.stdout)
     return answer
 
 
@@ -270,7 +269,7 @@ def send_study_and_check_catalog(
     assert sent.returncode == 0, sent.stderr
     expected = {s.series_instance_uid: str(len(s.sop_instance_uids)) for s in written}
 
-    def catalog() -> dict[str, object]:
+    def catalog() -> dict[str, Any]:
         return {
             str(s["seriesInstanceUid"]): s.get("numInstances")
             for s in grpcurl(grpc_address, "ListSeries", {"page_size": 100}).get("series", [])
