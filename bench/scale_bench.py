@@ -575,10 +575,11 @@ def _node_text(node: dict[str, Any]) -> str:
         text += f" on {node['Relation Name']}"
     if node.get("Index Name"):
         text += f" using {node['Index Name']}"
-    return text
+    # Rows produced, over all loops: where a plan's work goes.
+    return text + f" [{round(node.get('Actual Rows', 0) * node.get('Actual Loops', 1)):,}]"
 
 
-def explain(url: str, call: Call, big: int) -> dict[str, Any]:
+def explain(url: str, call: Call, big: int, text: bool) -> dict[str, Any]:
     statements = asyncio.run(_store_statements(url, call))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'UTC'")
@@ -588,7 +589,7 @@ def explain(url: str, call: Call, big: int) -> dict[str, Any]:
                 " AND relnamespace = 'public'::regnamespace"
             ).fetchall()
         )
-        plans, flags = [], []
+        plans, flags, texts = [], [], []
         exec_ms = 0.0
         hit = read = 0
         for sql, params in statements:
@@ -603,6 +604,9 @@ def explain(url: str, call: Call, big: int) -> dict[str, Any]:
             hit += result["Plan"].get("Shared Hit Blocks", 0)
             read += result["Plan"].get("Shared Read Blocks", 0)
             plans.append(" > ".join(_node_text(n) for n in nodes))
+            if text:
+                lines = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params).fetchall()
+                texts.append("\n".join(line[0] for line in lines))
             for n in nodes:
                 rel = n.get("Relation Name", "")
                 if n["Node Type"] == "Seq Scan" and sizes.get(rel, 0) >= big:
@@ -617,6 +621,7 @@ def explain(url: str, call: Call, big: int) -> dict[str, Any]:
         "shared_hit": hit,
         "shared_read": read,
         "flags": flags,
+        **({"text": texts} if text else {}),
     }
 
 
@@ -695,6 +700,9 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=200_000, help="instances per timed chunk")
     parser.add_argument("--big-table", type=int, default=10_000, help="rows that make a table big")
     parser.add_argument("--explain-all", action="store_true", help="EXPLAIN at every checkpoint")
+    parser.add_argument(
+        "--explain-text", action="store_true", help="print the full EXPLAIN of every kind too"
+    )
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--database-url", help="PostgreSQL server to use (default: embedded)")
     args = parser.parse_args()
@@ -727,7 +735,10 @@ def main() -> int:
                         store, catalog.grown, probe_uid, args.samples, args.warmup, args.seed
                     )
                     if args.explain_all or index == len(args.sizes) - 1:
-                        plans = {k: explain(url, examples[k], args.big_table) for k in KINDS}
+                        plans = {
+                            k: explain(url, examples[k], args.big_table, args.explain_text)
+                            for k in KINDS
+                        }
                         figures["explain"] = plans
                     checkpoints.append(figures)
                     print(
@@ -770,6 +781,8 @@ def main() -> int:
             print(f"  {kind}: {plan['exec_ms']} ms, buffers hit {plan['shared_hit']}"
                   f" read {plan['shared_read']}{flag}")  # fmt: skip
             print(f"      {plan['plan']}")
+            for text in plan.get("text", []):
+                print("        " + text.replace("\n", "\n        "))
     print(f"\ntargets at {last['instances']:,}: {targets}")
     result = {
         "sizes": args.sizes,

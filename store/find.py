@@ -39,15 +39,16 @@ PAGE_ROWS: Final = 500
 # Bytes of DICOM JSON per QueryResponse message, under gRPC clients' 4 MiB receive limit.
 MESSAGE_BUDGET: Final = 3 * 1024 * 1024
 
-_FROM: Final[dict[Level, str]] = {
-    Level.PATIENT: "FROM patients p",
-    Level.STUDY: """FROM studies st JOIN patients p ON p.id = st.patient_fk
-        CROSS JOIN LATERAL (
+# A study's series aggregates (ModalitiesInStudy and the counts), per study row.
+_STUDY_AGG: Final = """CROSS JOIN LATERAL (
             SELECT COALESCE(array_agg(DISTINCT x.modality ORDER BY x.modality)
                             FILTER (WHERE x.modality <> ''), '{}') AS modalities,
                    count(x.id) AS num_series,
                    COALESCE(sum(x.num_instances), 0)::bigint AS num_instances
-            FROM series x WHERE x.study_fk = st.id) AS agg""",
+            FROM series x WHERE x.study_fk = st.id) AS agg"""
+_FROM: Final[dict[Level, str]] = {
+    Level.PATIENT: "FROM patients p",
+    Level.STUDY: f"FROM studies st JOIN patients p ON p.id = st.patient_fk {_STUDY_AGG}",
     Level.SERIES: """FROM series s JOIN studies st ON st.id = s.study_fk
         JOIN patients p ON p.id = s.patient_fk""",
     Level.IMAGE: """FROM instances i JOIN series s ON s.id = i.series_fk
@@ -141,7 +142,7 @@ def dataset(compiled: Compiled, row: Row) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
-def _select(compiled: Compiled) -> str:
+def _select(compiled: Compiled, source: str = "") -> str:
     level = compiled.level
     columns = [f"{expr} AS k{n}" for n, expr in enumerate(_KEYSET[level])]
     for index, attr in enumerate(compiled.returns):
@@ -150,7 +151,7 @@ def _select(compiled: Compiled) -> str:
             columns.append(f"{attr.raw} AS r{index}")
     if level in _HEADER and (compiled.include_all or compiled.header_tags):
         columns.append(f"{_HEADER[level]} AS header")
-    return "SELECT " + ", ".join(columns) + " " + _FROM[level]
+    return "SELECT " + ", ".join(columns) + " " + (source or _FROM[level])
 
 
 def _page_sql(compiled: Compiled, after: bool, offset: bool) -> str:
@@ -161,6 +162,19 @@ def _page_sql(compiled: Compiled, after: bool, offset: bool) -> str:
         where = f"({where}) AND ({', '.join(keyset)}) > ({marks})"
     order = ", ".join(keyset)
     tail = " OFFSET %(offset)s" if offset else ""
+    if compiled.level is Level.STUDY and "agg." not in where:
+        # The page's studies first, their aggregates after: PostgreSQL computes a LATERAL
+        # subquery for every row that reaches the sort, so a search matching thousands of
+        # studies would aggregate the series of each to return a page of them.
+        page = (
+            "SELECT st.id FROM studies st JOIN patients p ON p.id = st.patient_fk"
+            f" WHERE {where} ORDER BY st.id LIMIT %(rows)s{tail}"
+        )
+        source = (
+            f"FROM ({page}) AS page JOIN studies st ON st.id = page.id"
+            f" JOIN patients p ON p.id = st.patient_fk {_STUDY_AGG}"
+        )
+        return f"{_select(compiled, source)} ORDER BY {order}"
     return f"{_select(compiled)} WHERE {where} ORDER BY {order} LIMIT %(rows)s{tail}"
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -385,7 +386,7 @@ def _pn(col: str, value: str, key: str, params: Params, fuzzy: bool, indexed: bo
 #   " " + fold(w), so the first space-free piece of fold(w) begins one of the name's
 #   folded words and (both cut to 32 characters) prefixes a lexeme of
 #   catalog_name_words(name); a name too long to have that vector (over 256 characters)
-#   is caught by its length (a partial index).
+#   is caught by its length (an index on it).
 _PREFIX_CHARS: Final = 64
 _WORD_CHARS: Final = 32
 _WORDS_MAX_NAME: Final = 256
@@ -420,18 +421,49 @@ def _group_prefilter(col: str, n: int, prefix: str, params: Params) -> str:
     return f"{_indexed_prefix(target)} LIKE {_prefix_pattern(prefix, params)}"
 
 
-def _word_prefilter(col: str, word: str) -> str:
-    """A folded word of the name `col` can begin with the folded `word` (a placeholder)."""
-    first = f"left(split_part({_fold(word)}, ' ', 1), {_WORD_CHARS})"
-    # A tsquery lexeme in quotes, :* for "begins with"; \ and ' escaped inside.
-    lexeme = rf"replace(replace({first}, '\', '\\'), '''', '''''')"
-    query = f"('''' || {lexeme} || ''':*')::tsquery"
-    # The CASE folds away when the statement is planned with its values: a folded word
-    # that begins with a space (its first piece is empty) pre-filters nothing.
+def _first_piece(word: str) -> str:
+    """SQL: the first space-free piece of the folded `word` (a placeholder), cut to the
+    lexeme length of catalog_name_words."""
+    return f"left(split_part({_fold(word)}, ' ', 1), {_WORD_CHARS})"
+
+
+def _lexeme_query(word: str) -> str:
+    r"""SQL text of a tsquery term: the word's first piece, quoted (\ and ' escaped), :*
+    for "a lexeme that begins with it"."""
+    quoted = rf"replace(replace({_first_piece(word)}, '\', '\\'), '''', '''''')"
+    return f"'''' || {quoted} || ''':*'"
+
+
+def _folds_to_a_piece(word: str) -> bool:
+    """Whether the folded `word` surely begins with a character that is not a space (so
+    its first piece is not empty): its first character is assigned (in Python's Unicode
+    database; decompositions never change once assigned), has no decomposition and is
+    neither a space nor a combining mark the fold removes."""
+    c = word[0]
     return (
-        f"(CASE WHEN {first} = '' THEN TRUE ELSE catalog_name_words({col}) @@ {query} END"
-        f" OR length({col}) > {_WORDS_MAX_NAME})"
+        unicodedata.category(c) != "Cn"
+        and unicodedata.decomposition(c) == ""
+        and not "\u0300" <= c <= "\u036f"
+        and not c.isspace()
     )
+
+
+def _words_prefilter(col: str, words: list[tuple[str, str]]) -> str:
+    """Each folded word (value, placeholder) can begin a folded word of the name `col`.
+    The words whose first piece is surely not empty make one tsquery (one GIN search that
+    intersects their lexemes); any other word gets a test of its own whose CASE folds
+    away when the statement is planned with its value (an empty piece filters nothing)."""
+    sure = [p for w, p in words if _folds_to_a_piece(w)]
+    tests = []
+    if sure:
+        query = " || ' & ' || ".join(_lexeme_query(p) for p in sure)
+        tests.append(f"catalog_name_words({col}) @@ ({query})::tsquery")
+    for p in (p for w, p in words if not _folds_to_a_piece(w)):
+        tests.append(
+            f"CASE WHEN {_first_piece(p)} = '' THEN TRUE"
+            f" ELSE catalog_name_words({col}) @@ ({_lexeme_query(p)})::tsquery END"
+        )
+    return "(" + " AND ".join(tests) + f" OR length({col}) > {_WORDS_MAX_NAME})"
 
 
 def _text_one(attr: Attribute, value: str, key: str, params: Params, fuzzy: bool) -> str:
@@ -458,11 +490,13 @@ def _fuzzy(col: str, value: str, key: str, params: Params, indexed: bool) -> str
     # a space, so "% word%" finds a word that begins with `word`.
     stored = f"(' ' || translate({_fold(col)}, '^=,', '   '))"
     tests = []
+    placeholders = []
     for w in words:
         p = params.add(w)
         tests.append(f"{stored} LIKE ('%% ' || {_like_escaped(_fold(p))} || '%%') ESCAPE '\\'")
-        if indexed:
-            tests.append(_word_prefilter(col, p))
+        placeholders.append((w, p))
+    if indexed:
+        tests.append(_words_prefilter(col, placeholders))
     return "(" + " AND ".join(tests) + ")"
 
 

@@ -58,13 +58,13 @@ SERIES_SELECT = """
     JOIN patients p ON p.id = s.patient_fk
 """
 
-STUDY_SELECT = """
+_STUDY_COLUMNS = """
     SELECT st.id, st.study_instance_uid, p.patient_id, p.patient_name, p.issuer_of_patient_id,
            st.study_date, st.study_time, st.study_description, st.accession_number,
            st.study_id, st.referring_physician_name, st.first_received_at,
            st.last_received_at, agg.modalities, agg.num_series, agg.num_instances
-    FROM studies st
-    JOIN patients p ON p.id = st.patient_fk
+"""
+_STUDY_AGG = """
     CROSS JOIN LATERAL (
         SELECT COALESCE(array_agg(DISTINCT s.modality ORDER BY s.modality)
                         FILTER (WHERE s.modality <> ''), '{}') AS modalities,
@@ -73,6 +73,8 @@ STUDY_SELECT = """
         FROM series s WHERE s.study_fk = st.id
     ) AS agg
 """
+_STUDY_JOIN = "FROM studies st JOIN patients p ON p.id = st.patient_fk"
+STUDY_SELECT = f"{_STUDY_COLUMNS} {_STUDY_JOIN} {_STUDY_AGG}"
 
 
 PATIENT_SELECT = """
@@ -376,7 +378,17 @@ async def list_studies(conn: Connection, req: pb.ListStudiesRequest) -> pb.ListS
     for field, keyword in _STUDY_SERIES_FILTERS.items():
         where.matches(keyword, getattr(req, field), field, _ANY_SERIES)
     where.study_dates(req.study_date_from, req.study_date_to)
-    page, token = await _listed(conn, req, where, STUDY_SELECT, "st.id", study_message)
+    filters = tokens.fingerprint(req)
+    where.before_id("st.id", tokens.decode(req.page_token, filters, (int,)))
+    # The page's studies first, their series aggregates after: PostgreSQL computes a
+    # LATERAL subquery for every row that reaches the sort, so a filter matching thousands
+    # of studies would aggregate the series of each to return a page of them.
+    ids = where.sql(f"SELECT st.id {_STUDY_JOIN}", "st.id")
+    sql = (
+        f"{_STUDY_COLUMNS} FROM ({ids}) AS page JOIN studies st ON st.id = page.id"
+        f" JOIN patients p ON p.id = st.patient_fk {_STUDY_AGG} ORDER BY st.id DESC"
+    )
+    page, token = await _page(conn, sql, where.params, ["id"], filters, study_message)
     return pb.ListStudiesResponse(studies=page, next_page_token=token)
 
 

@@ -53,6 +53,12 @@ def catalog(postgres_server_url: str) -> Iterator[str]:
             ):
                 for n, name in enumerate(names):
                     copy.write_row((f"P{n}", name))
+            # A study per patient, for the STUDY-level searches.
+            conn.execute(
+                "INSERT INTO studies (study_instance_uid, patient_fk)"
+                " SELECT '1.2.3.' || id, id FROM patients"
+            )
+            conn.execute("ANALYZE studies")
             conn.execute("ANALYZE patients")
         yield url
 
@@ -145,13 +151,41 @@ def test_an_exact_name_search_at_the_study_level_starts_from_the_name_index(
     assert "Seq Scan patients" not in plan
 
 
-def test_a_fuzzy_search_reads_the_name_words_index(catalog: str) -> None:
+def test_a_fuzzy_search_reads_the_name_words_index_once_for_all_its_words(
+    catalog: str,
+) -> None:
     compiled = matching.compile_query(Level.PATIENT, [("PatientName", "gar jos")], fuzzy=True)
     sql = find._page_sql(compiled, after=False, offset=False)
     with psycopg.connect(catalog) as conn:
         plan = _plan(conn, sql, dict(compiled.params, rows=100))
+        row = conn.execute(
+            "EXPLAIN (FORMAT TEXT) " + sql, dict(compiled.params, rows=100)
+        ).fetchall()
     assert "patients_name_words" in plan
     assert "Seq Scan" not in plan
+    # One tsquery of both words (a GIN search intersecting them), shown quoted in the plan.
+    assert "''gar'':* & ''jos'':*" in "\n".join(r[0] for r in row)
+
+
+def test_a_study_search_aggregates_the_series_of_the_page_only(catalog: str) -> None:
+    # "smi" matches hundreds of patients' studies; a page of 10 must not aggregate them all.
+    compiled = matching.compile_query(Level.STUDY, [("PatientName", "smi")], fuzzy=True)
+    sql = find._page_sql(compiled, after=False, offset=False)
+    params = dict(compiled.params, rows=10)
+    with psycopg.connect(catalog) as conn:
+        assert len(conn.execute(sql, params).fetchall()) == 10
+        row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()
+    assert row is not None
+    loops: list[int] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        if node["Node Type"] == "Aggregate":
+            loops.append(node["Actual Loops"])
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(row[0][0]["Plan"])
+    assert loops and max(loops) <= 10
 
 
 def test_downgrade_to_0004_removes_the_indexes_and_upgrade_restores_them(
@@ -166,7 +200,7 @@ def test_downgrade_to_0004_removes_the_indexes_and_upgrade_restores_them(
 
     migrations.upgrade(database_url)
     new = {"patients_name_prefix", "patients_name_group2_prefix", "patients_name_group3_prefix",
-           "patients_name_words", "patients_name_many_groups", "patients_name_long"}  # fmt: skip
+           "patients_name_words", "patients_name_many_groups", "patients_name_length"}  # fmt: skip
     assert new <= indexes()
     migrations.downgrade(database_url, "0004")
     assert not new & indexes()
