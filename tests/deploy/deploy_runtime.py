@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import yaml
-from conftest import free_port
+from conftest import free_port, require_tool
 from deploy_support import ROOT, by_kind, container_env, one, pod_spec, render
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -113,8 +114,23 @@ def _secret_files(pod: dict[str, Any], container: dict[str, Any], objects: Any) 
     return files
 
 
+def resolved_compose(variables: dict[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml as docker-compose resolves it: .env and `variables` interpolated,
+    anchors merged, paths absolute (`docker-compose config`)."""
+    tool = require_tool("docker-compose")
+    result = subprocess.run(
+        [tool, "--project-directory", str(ROOT), "--file", str(COMPOSE_FILE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **(variables or {})},
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(yaml.safe_load(result.stdout))
+
+
 def compose_source() -> Source:
-    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    compose = resolved_compose()
     containers = {
         name: Container(
             name,
@@ -124,6 +140,23 @@ def compose_source() -> Source:
         for name in ("migrate", "store", "receiver")
     }
     return Source("compose", containers, frozenset(compose["services"]), compose)
+
+
+ORTHANC_VARIABLE = re.compile(r"\$\{(\w+)\}")
+
+
+def orthanc_config(compose: dict[str, Any]) -> dict[str, Any]:
+    """deploy/orthanc/orthanc.json as Orthanc reads it in the compose orthanc container:
+    each ${NAME} replaced by that container's environment variable (Orthanc substitutes
+    them in keys and values; a modality's Port may be such a string)."""
+    environment = {k: str(v) for k, v in compose["services"]["orthanc"]["environment"].items()}
+
+    def value(match: re.Match[str]) -> str:
+        assert match[1] in environment, f"orthanc.json uses {match[0]}: not in compose"
+        return environment[match[1]]
+
+    text = (ROOT / "deploy" / "orthanc" / "orthanc.json").read_text()
+    return dict(json.loads(ORTHANC_VARIABLE.sub(value, text)))
 
 
 @dataclass

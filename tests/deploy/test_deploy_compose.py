@@ -1,13 +1,16 @@
-"""docker-compose.yml: validated by docker-compose itself, then checked for wiring.
+"""docker-compose.yml and .env: validated by docker-compose itself, then checked for wiring.
 
-There is no Docker engine here, so `docker-compose config` (which parses, interpolates and
-validates the file against its schema) is the tool's verdict; the tests below check what
-the schema cannot: that names, ports and mounts agree between services and config files.
+`docker-compose config` (which parses, interpolates .env and validates the file against its
+schema) is the tool's verdict; the tests below check what the schema cannot: that names,
+ports and mounts agree between services and config files, that .env holds every setting a
+user changes and the file none of the credentials, and that the profiles hold what they
+say. test_compose_up.py brings the file up on a Docker engine.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,26 +20,45 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from conftest import require_tool
+from deploy_runtime import orthanc_config, resolved_compose
 from deploy_support import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_FILE = ROOT / ".env"
 SERIESFLOW_SERVICES = ("migrate", "store", "receiver")
 ONE_SHOT = ("migrate", "grpc-tokens")
+PROFILES = {
+    "prometheus": ["monitoring"],
+    "alertmanager": ["monitoring"],
+    "grafana": ["monitoring"],
+    "orthanc": ["pacs"],
+}
+# ${NAME}, ${NAME:-default} or ${NAME:?message}; $${NAME} is the container's own variable.
+VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)(?:(:-|:\?)([^}]*))?\}")
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    """The compose model as docker-compose resolves it (anchors merged, paths absolute)."""
-    tool = require_tool("docker-compose")
-    result = subprocess.run(
-        [tool, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    assert result.returncode == 0, result.stderr
-    return dict(yaml.safe_load(result.stdout))
+    """The compose model as docker-compose resolves it (.env read, anchors merged, paths
+    absolute)."""
+    return resolved_compose()
+
+
+def dot_env() -> dict[str, str]:
+    settings = {}
+    for line in ENV_FILE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            settings[name.strip()] = value.strip()
+    return settings
+
+
+def variables() -> dict[str, set[tuple[str, str]]]:
+    """Each variable the compose file interpolates -> its (operator, default/message) uses."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    for name, operator, argument in VARIABLE.findall(COMPOSE_FILE.read_text()):
+        found.setdefault(name, set()).add((operator, argument))
+    return found
 
 
 def services(compose: dict[str, Any]) -> dict[str, Any]:
@@ -79,9 +101,105 @@ def test_compose_file_passes_docker_compose_config(compose: dict[str, Any]) -> N
         "store",
         "receiver",
         "prometheus",
+        "alertmanager",
         "grafana",
         "orthanc",
     }
+
+
+def test_profiles_leave_the_core_on_and_make_monitoring_and_the_pacs_optional(
+    compose: dict[str, Any],
+) -> None:
+    found = {name: s["profiles"] for name, s in services(compose).items() if "profiles" in s}
+    assert found == PROFILES
+    # No service outside a profile depends on one inside: `docker compose up` alone works.
+    for name, service in services(compose).items():
+        if name not in PROFILES:
+            assert not set(service.get("depends_on", {})) & set(PROFILES), name
+    assert dot_env()["COMPOSE_PROFILES"] == "", "the default .env starts only the core"
+
+
+def test_dot_env_holds_each_setting_and_the_file_only_references_them() -> None:
+    settings, used = dot_env(), variables()
+    for name, uses in used.items():
+        operators = {operator for operator, _ in uses}
+        if name in settings:
+            # A user's setting: .env names it, and any default in the file agrees.
+            defaults = {argument for operator, argument in uses if operator == ":-"}
+            assert defaults <= {settings[name]}, f"{name}: .env {settings[name]}, file {defaults}"
+        else:
+            # Not a user's setting: where each service listens inside its container,
+            # moved only when the services share the host's network (test_compose_up.py).
+            assert name == "SERIESFLOW_LISTEN_HOST" or name.endswith("_LISTEN_PORT"), name
+            assert operators == {":-"}, f"{name} has a default in the file"
+    assert set(settings) - set(used) == {"COMPOSE_PROFILES"}, "every .env entry is used"
+    for name in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "ORTHANC_PASSWORD"):
+        assert used[name] == {(":?", f"set {name} in .env")}, f"{name} is required, from .env"
+
+
+def test_no_credential_is_written_in_the_compose_file(tmp_path: Path) -> None:
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())  # anchors merged, nothing interpolated
+    for name, service in raw["services"].items():
+        for key, value in service.get("environment", {}).items():
+            literal = VARIABLE.sub("", str(value))
+            if key.endswith(("_USER", "_PASSWORD", "_DB")):
+                assert literal == "", f"{name}: {key} written in the file"
+            elif key == "SERIESFLOW_DATABASE_URL":
+                url = urlsplit(literal)
+                assert not url.username and not url.password, f"{name}: {key}"
+        healthcheck = " ".join(service.get("healthcheck", {}).get("test", []))
+        # Credentials in a healthcheck: the container's own variables ($$NAME) only.
+        for flag in re.findall(r"(?:--user=|--pwd=|-U |-d )(\S+)", healthcheck):
+            assert flag.strip('"').startswith("$${"), f"{name}: healthcheck {flag}"
+    # Without .env, compose refuses to start and says which setting is missing.
+    tool = require_tool("docker-compose")
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    result = subprocess.run(
+        [tool, "--project-directory", str(ROOT), "--env-file", str(empty), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode != 0
+    assert re.search(r"set \w+ in \.env", result.stderr), result.stderr
+
+
+def test_published_ports_follow_dot_env_and_the_containers_keep_theirs() -> None:
+    moved = {"DICOM_PORT": "11112", "GRPC_PORT": "50052", "PROMETHEUS_PORT": "19090"}
+    default, changed = resolved_compose(), resolved_compose(moved)
+    assert published(changed, "receiver") == {("", 11112, 6667), ("127.0.0.1", 8081, 8081)}
+    assert ("127.0.0.1", 50052, 50051) in published(changed, "store")
+    assert published(changed, "prometheus") == {("127.0.0.1", 19090, 9090)}
+    for name in services(default):
+        if name not in ("receiver", "store", "prometheus"):
+            assert published(changed, name) == published(default, name), name
+        # Inside the containers nothing moved: environment, commands and healthchecks.
+        for key in ("environment", "command", "healthcheck"):
+            assert services(changed)[name].get(key) == services(default)[name].get(key)
+
+
+def test_on_the_host_network_every_listener_follows_the_listen_variables() -> None:
+    # What test_compose_up.py relies on: with SERIESFLOW_LISTEN_HOST and a *_LISTEN_PORT
+    # each, no service listens on, probes or connects to a default port.
+    ports = {name: str(20000 + i) for i, name in enumerate(sorted(variables()))}
+    listen = {k: v for k, v in ports.items() if k.endswith("_LISTEN_PORT")}
+    moved = resolved_compose({**listen, "SERIESFLOW_LISTEN_HOST": "127.0.0.1"})
+    text = json.dumps(
+        {
+            name: {k: s.get(k) for k in ("environment", "command", "healthcheck")}
+            for name, s in services(moved).items()
+        }
+    )
+    defaults = {
+        int(d) for uses in variables().values() for op, d in uses if op == ":-" and d.isdigit()
+    }
+    for default in defaults:
+        assert not re.search(rf"\b{default}\b", text), f"{default} still used on the host"
+    assert "0.0.0.0" not in text
+    for port in listen.values():
+        assert port in text
 
 
 def test_long_running_services_have_healthchecks_and_wait_for_healthy_dependencies(
@@ -105,7 +223,8 @@ def test_long_running_services_have_healthchecks_and_wait_for_healthy_dependenci
     )
     assert order["grpc-tokens"] == set()
     assert order["receiver"] == {"store"}
-    assert order["prometheus"] == {"store", "receiver"}
+    assert order["prometheus"] == {"store", "receiver", "alertmanager"}
+    assert order["alertmanager"] == set()
     assert order["grafana"] == {"prometheus"}
     assert order["orthanc"] == {"receiver"}
 
@@ -149,7 +268,7 @@ def test_services_reach_each_other_by_the_names_and_ports_they_configure(
     postgres = env(compose, "postgres")
     for name in ("migrate", "store"):
         url = urlsplit(env(compose, name)["SERIESFLOW_DATABASE_URL"])
-        assert (url.hostname, url.port) == ("postgres", 5432)
+        assert (url.hostname, url.port) == ("postgres", int(postgres["PGPORT"]))
         assert (url.username, url.password) == (
             postgres["POSTGRES_USER"],
             postgres["POSTGRES_PASSWORD"],
@@ -168,6 +287,7 @@ def test_services_reach_each_other_by_the_names_and_ports_they_configure(
     for name, ports in (
         ("store", (50051, http)),
         ("prometheus", (9090,)),
+        ("alertmanager", (9093,)),
         ("grafana", (3000,)),
         ("orthanc", (8042,)),
     ):
@@ -205,6 +325,37 @@ def test_prometheus_loads_the_alert_rules_and_scrapes_both_services(
     receiver_port = env(compose, "receiver")["SERIESFLOW_RECEIVER_METRICS_PORT"]
     assert targets["seriesflow-store"] == [f"store:{store_port}"]
     assert targets["seriesflow-receiver"] == [f"receiver:{receiver_port}"]
+    prometheus_port = listen_port(service["command"])
+    assert targets["prometheus"] == [f"localhost:{prometheus_port}"]
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    alertmanager_port = listen_port(services(compose)["alertmanager"]["command"])
+    assert alertmanagers["static_configs"] == [{"targets": [f"alertmanager:{alertmanager_port}"]}]
+
+
+def listen_port(command: list[str]) -> int:
+    (address,) = (a.split("=", 1)[1] for a in command if a.startswith("--web.listen-address="))
+    return int(address.rsplit(":", 1)[1])
+
+
+def test_alertmanager_config_passes_amtool_and_is_the_one_compose_mounts(
+    compose: dict[str, Any],
+) -> None:
+    service = services(compose)["alertmanager"]
+    config_path = next(
+        a.split("=", 1)[1] for a in service["command"] if a.startswith("--config.file=")
+    )
+    host_config = Path(mounts(compose, "alertmanager")[config_path])
+    assert host_config == ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+    result = subprocess.run(
+        [require_tool("amtool"), "check-config", str(host_config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--cluster.listen-address=" in service["command"], "one instance, no gossip port"
+    port = listen_port(service["command"])
+    assert f"http://127.0.0.1:{port}/-/ready" in service["healthcheck"]["test"]
 
 
 def test_compose_prometheus_config_passes_promtool() -> None:
@@ -241,16 +392,25 @@ def test_orthanc_has_the_receiver_as_a_dicom_modality(compose: dict[str, Any]) -
     mounted = mounts(compose, "orthanc")
     config_file = next(Path(src) for dst, src in mounted.items() if dst.startswith("/etc/orthanc/"))
     assert config_file == ROOT / "deploy" / "orthanc" / "orthanc.json"
-    config = json.loads(config_file.read_text())
+    # As Orthanc reads it in the container: ${...} from the container's environment.
+    config = orthanc_config(compose)
     receiver = env(compose, "receiver")
     assert config["DicomModalities"]["seriesflow"] == {
         "AET": receiver["SERIESFLOW_AE_TITLE"],
         "Host": "receiver",
-        "Port": int(receiver["SERIESFLOW_DICOM_PORT"]),
+        "Port": receiver["SERIESFLOW_DICOM_PORT"],
     }
     ((user, password),) = config["RegisteredUsers"].items()
-    healthcheck = services(compose)["orthanc"]["healthcheck"]["test"]
-    assert f"--user={user}" in healthcheck and f"--pwd={password}" in healthcheck
+    assert (user, password) == (dot_env()["ORTHANC_USER"], dot_env()["ORTHANC_PASSWORD"])
+    # The credentials are the container's variables, in the file as ${...} only.
+    raw = json.loads(config_file.read_text())
+    assert raw["RegisteredUsers"] == {"${PACS_USER}": "${PACS_PASSWORD}"}
+    healthcheck = " ".join(services(compose)["orthanc"]["healthcheck"]["test"])
+    assert '--user="$${PACS_USER}"' in healthcheck
+    assert "PACS_PASSWORD" in healthcheck
+    # Orthanc refuses a setting defined in two of its files: the ports are left to the
+    # image (and to the compose test's own file), the storage folder to the image.
+    assert not {"HttpPort", "DicomPort", "DicomServerEnabled", "StorageDirectory"} & set(raw)
 
 
 def test_the_grpc_api_requires_tokens_generated_into_a_volume_not_written_in_the_file(

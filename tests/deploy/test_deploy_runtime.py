@@ -26,6 +26,7 @@ from deploy_runtime import (
     grpc_health,
     http_json,
     http_status,
+    orthanc_config,
     process_env,
     read_only_root,
     seriesflow_command,
@@ -34,7 +35,7 @@ from deploy_runtime import (
     wait_until,
 )
 from deploy_stack import deployed, echoscu, provide_files, send_study, wait_for_catalog
-from deploy_support import CHART, ROOT, by_kind, pod_spec, render_notes
+from deploy_support import CHART, by_kind, pod_spec, render_notes
 from dicom_files import write_study
 
 pytestmark = pytest.mark.slow
@@ -189,8 +190,10 @@ def test_orthanc_configured_as_in_compose_sends_a_study_to_the_receiver(
     database_url: str, tmp_path: Path
 ) -> None:
     binary = require_tool("Orthanc")
-    config = json.loads((ROOT / "deploy" / "orthanc" / "orthanc.json").read_text())
-    with deployed(compose_source(), database_url, tmp_path) as running:
+    source = compose_source()
+    # orthanc.json's ${...} as the compose orthanc container's environment fills them.
+    config = orthanc_config(source.raw)
+    with deployed(source, database_url, tmp_path) as running:
         modality = config["DicomModalities"]["seriesflow"]
         assert modality["AET"] == running.local("receiver", "SERIESFLOW_AE_TITLE")
         host, port = running.localizer.address(f"{modality['Host']}:{modality['Port']}").split(":")
