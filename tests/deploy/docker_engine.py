@@ -38,7 +38,9 @@ API, for test modules (import the fixtures by name, as with st_harness):
 - `running_postgres(engine, image)` context manager -> Postgres (url, port, container):
   a PostgreSQL container on a free loopback port, removed afterwards.
 
-Builds use `--network host` (there is no bridge). The cache folder is
+Builds use `--network host` (there is no bridge). BuildKit is the one built into the
+daemon, driven by Debian's 20.10 client (no buildx plugin needed); it builds offline because
+the Dockerfile has no `# syntax=` line (that would pull a frontend image). The cache folder is
 $SERIESFLOW_TEST_CACHE, else $XDG_CACHE_HOME/seriesflow-test, else ~/.cache/seriesflow-test;
 nothing in it is committed. Under CI=true a missing dockerd or mmdebstrap fails the test
 (conftest.require_tool); elsewhere it skips.

@@ -287,6 +287,18 @@ def send_study_and_check_catalog(
     assert study["numInstances"] == str(sum(SERIES_SIZES))
 
 
+def assert_spool_in_volume(engine: DockerEngine, container: Container) -> None:
+    """The receiver's spool is in the named volume, written by the image's user: it
+    survives the container, and nothing else on the read-only root was needed."""
+    mountpoint = engine.docker(
+        "volume", "inspect", "--format", "{{.Mountpoint}}", container.volume
+    ).strip()
+    spool = Path(mountpoint) / "spool"
+    files = sorted(p.name for p in spool.iterdir())
+    assert files, f"nothing in the receiver's spool volume {container.volume}"
+    assert {p.stat().st_uid for p in [spool, *spool.iterdir()]} == {UID}, files
+
+
 def assert_stops_cleanly(container: Container) -> None:
     code, took = container.stop()
     state = container.state()
@@ -381,6 +393,7 @@ def test_all_in_one_run_receives_a_study_and_stops_cleanly(
             grpc_address,
             [run],
         )
+        assert_spool_in_volume(docker_engine, run)
         assert_stops_cleanly(run)
 
 
@@ -427,6 +440,7 @@ def test_migrate_then_store_and_receiver_containers(
             grpc_address,
             [store, receiver],
         )
+        assert_spool_in_volume(docker_engine, receiver)
         assert_stops_cleanly(receiver)
         assert_stops_cleanly(store)
 
