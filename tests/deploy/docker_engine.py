@@ -75,6 +75,7 @@ CA_FOLDER = Path("/usr/local/share/ca-certificates")
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "python-is-python3", "ca-certificates")
 BASE_TAG = "seriesflow-test/base:bookworm"
 PROJECT_TAG = "seriesflow-test/seriesflow:test"
+FOLDER_PREFIX = "sfdk-"  # /tmp/sfdk-XXXXXXXX: the engines' folders
 
 
 def cache_dir() -> Path:
@@ -120,9 +121,10 @@ class DockerEngine:
     """A dockerd of the tests' own; see the module docstring."""
 
     def __init__(self, dockerd: str) -> None:
+        remove_stale_folders()
         # Short: unix socket paths are limited to ~100 characters, and containerd's own
         # sockets live under the exec-root.
-        self.folder = Path(tempfile.mkdtemp(prefix="sfdk-", dir="/tmp"))
+        self.folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir="/tmp"))
         self.socket = self.folder / "s"
         self.pidfile = self.folder / "pid"
         self.log = self.folder / "dockerd.log"
@@ -137,9 +139,15 @@ class DockerEngine:
         # A client config of its own: no credential helpers or contexts of the host's.
         (self.folder / "config").mkdir()
         self.env["DOCKER_CONFIG"] = str(self.folder / "config")
+        # If this process dies without its teardown (SIGKILL, a CI job cancelled), the
+        # daemon gets SIGTERM, stops its containers and exits: setpriv (util-linux) sets
+        # the parent-death signal, then execs dockerd, so the PID stays dockerd's.
+        setpriv = shutil.which("setpriv")
+        prefix = [setpriv, "--pdeathsig", "TERM"] if setpriv else []
         with open(self.log, "wb") as sink:
             self.process = subprocess.Popen(
                 [
+                    *prefix,
                     dockerd,
                     "--data-root",
                     str(self.folder / "data"),
@@ -149,8 +157,11 @@ class DockerEngine:
                     str(self.pidfile),
                     "-H",
                     f"unix://{self.socket}",
+                    # No bridge, no iptables rules, no NAT, and net.ipv4.ip_forward left as
+                    # it is (the bridge driver sets it to 1 at start unless told not to).
                     "--bridge=none",
                     "--iptables=false",
+                    "--ip6tables=false",
                     "--ip-masq=false",
                     "--ip-forward=false",
                 ],
@@ -312,6 +323,26 @@ class DockerEngine:
             for mount_point in _mounts_under(self.folder):
                 subprocess.run(["umount", mount_point], capture_output=True, timeout=30)
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def remove_stale_folders(max_age: float = 600) -> None:
+    """Folders of earlier engines whose dockerd is gone (a killed test run): their leftover
+    mounts and files. A folder whose daemon still runs is another session's: left alone."""
+    for folder in Path("/tmp").glob(f"{FOLDER_PREFIX}*"):
+        pidfile = folder / "pid"
+        try:
+            if pidfile.exists():
+                os.kill(int(pidfile.read_text().strip() or 0), 0)
+                continue  # alive
+            if time.time() - folder.stat().st_mtime < max_age:
+                continue  # perhaps a daemon starting now, before its pidfile
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue
+        for mount_point in _mounts_under(folder):
+            subprocess.run(["umount", mount_point], capture_output=True, timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _mounts_under(folder: Path) -> list[str]:
