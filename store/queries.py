@@ -180,6 +180,13 @@ async def _page(
     used = 0
     last: Row | None = None
     more = False
+    # A cursor's plan is by default made for fetching its first 10% of rows fast
+    # (cursor_tuple_fraction 0.1), which prefers walking an index in the page's order and
+    # filtering to sorting the few rows an index finds: a page that does not fill (MG
+    # series in a month of study dates, 10M-instance catalog) then reads every series of
+    # the modality, ~100 ms instead of ~2. Every row of the page is wanted (LIMIT bounds
+    # it), so plan for all of them, as a plain SELECT would be.
+    await conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
     async with conn.cursor(name="page", row_factory=dict_row) as cur:
         await cur.execute(sql, params)
         chunk = _FIRST_CHUNK
