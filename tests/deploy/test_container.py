@@ -49,8 +49,8 @@ from docker_engine import (  # noqa: F401 (fixtures)
     running_postgres,
 )
 
-# The lead registers a `container` marker in pyproject.toml; until then `slow` selects it.
-pytestmark = pytest.mark.slow
+# `docker`: make test runs these after the rest, alone (image builds compete for the CPU).
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 UID = 10001
 AE_TITLE = "STORESCP"
