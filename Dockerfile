@@ -3,7 +3,8 @@
 #           --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
 #           --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) .
 # No `# syntax=` line: BuildKit then uses its built-in Dockerfile frontend instead of pulling
-# one from a registry, so the image builds offline with BuildKit and the classic builder.
+# one from a registry, so BuildKit and the classic builder both build it with no registry
+# but the base image's (pip still needs PyPI). tests/deploy/test_container.py builds both.
 # pgserver (the embedded PostgreSQL of `seriesflow run` without a URL, the `embedded` extra)
 # is not installed: a container is always given SERIESFLOW_DATABASE_URL.
 #
