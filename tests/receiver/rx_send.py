@@ -39,7 +39,9 @@ def associate(
     contexts: Iterable[tuple[str, list[str]]] | None = None,
 ) -> Association:
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = (
+        30  # generous: a loaded CI machine, not the receiver, is slow
+    )
     if contexts is None:
         for sop_class in (
             "1.2.840.10008.5.1.4.1.1.2",

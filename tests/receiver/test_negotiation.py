@@ -251,7 +251,9 @@ def _identity(kind: int, user: bytes, password: bytes = b"") -> UserIdentityNego
 
 def _associate(port: int, calling: str = "TESTSCU", ext_neg: list[object] | None = None) -> object:
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = (
+        30  # generous: a loaded CI machine, not the receiver, is slow
+    )
     ae.add_requested_context(CT, EXPLICIT)
     ae.add_requested_context(MR, EXPLICIT)
     return ae.associate("127.0.0.1", port, ae_title="STORESCP", ext_neg=ext_neg or [])
