@@ -66,5 +66,7 @@ LABEL org.opencontainers.image.title="seriesflow" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="${SOURCE}"
+# seriesflow_build_info{revision} of both services reads it (seriesflow/build_info.py).
+ENV SERIESFLOW_REVISION=${REVISION}
 ENTRYPOINT ["seriesflow"]
 CMD ["--help"]

@@ -323,6 +323,7 @@ def test_image_labels_user_and_contents(
     revision = labels[f"{prefix}revision"]
     assert revision == docker_engine.project_args["REVISION"]
     subprocess.run(["git", "cat-file", "-e", f"{revision}^{{commit}}"], cwd=ROOT, check=True)
+    assert f"SERIESFLOW_REVISION={revision}" in config["Env"]  # seriesflow_build_info's
     created = datetime.fromisoformat(labels[f"{prefix}created"])
     assert abs(datetime.now(UTC) - created) < timedelta(hours=2), created
     for name in ("title", "description", "licenses", "source"):
