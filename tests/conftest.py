@@ -81,11 +81,12 @@ def postgres_server_url() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def new_database(server_url: str) -> Iterator[str]:
-    """URL of a brand-new empty database on the server, dropped on exit."""
+def new_database(server_url: str, options: str = "") -> Iterator[str]:
+    """URL of a brand-new empty database on the server, dropped on exit; `options` follow
+    CREATE DATABASE (e.g. an ENCODING clause)."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}" {options}')
     params = conninfo_to_dict(server_url)
     params["dbname"] = name
     try:

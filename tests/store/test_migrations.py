@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from conftest import new_database
 
 from seriesflow import migrations
 from seriesflow.cli import migrate
@@ -83,19 +82,9 @@ def test_migrate_main_fails_with_exit_code_on_unreachable_database() -> None:
 @pytest.fixture
 def sql_ascii_url(postgres_server_url: str) -> Iterator[str]:
     """A database created the way old clusters and some hosted PostgreSQL defaults make it."""
-    name = f"test_ascii_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(
-            f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0"
-            " LC_COLLATE 'C' LC_CTYPE 'C'"
-        )
-    params = conninfo_to_dict(postgres_server_url)
-    params["dbname"] = name
-    try:
-        yield make_conninfo(**params)
-    finally:
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    options = "ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+    with new_database(postgres_server_url, options) as url:
+        yield url
 
 
 def test_migrate_refuses_a_sql_ascii_database_naming_its_encoding_and_the_fix(
