@@ -69,7 +69,8 @@ class StoreConfig:
         None,
         database_url,
         "PostgreSQL URL (libpq form, e.g. postgresql://user:pass@host/seriesflow); "
-        "unset starts an embedded PostgreSQL in data_dir/postgres",
+        "unset starts an embedded PostgreSQL in data_dir/postgres (the 'embedded' extra, "
+        "which make run installs; the image has none)",
         secret=True,
     )
     data_dir: Path = setting("./data", settings.path, "root folder of local state")
