@@ -392,6 +392,30 @@ def test_tls_without_a_certificate_source_is_refused(
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("store.settings.grpc_auth=mtls", "store.settings.grpc_auth sets SERIESFLOW_GRPC_AUTH"),
+        ("store.settings.grpc_port=1", "store.settings.grpc_port sets SERIESFLOW_GRPC_PORT"),
+        ("receiver.settings.log_level=DEBUG", "receiver.settings.log_level sets SERIES"),
+    ],
+)
+def test_a_setting_the_chart_derives_itself_is_refused_in_settings(
+    assignment: str, message: str
+) -> None:
+    """A ConfigMap with a key twice is ambiguous: the chart names the value to use instead."""
+    result = run_helm_template(set_values=(assignment,))
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_settings_the_chart_does_not_derive_reach_the_configmap() -> None:
+    objects = render(set_values=("store.settings.db_pool_max_size=20",))
+    store = next(
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-store")
+    )
+    assert store["data"]["SERIESFLOW_DB_POOL_MAX_SIZE"] == "20"
+
+
 # Databases -------------------------------------------------------------------------------
 
 

@@ -1,8 +1,10 @@
 {{/*
 The SERIESFLOW_* settings of each service (the data of its ConfigMap). Kept apart from
-the ConfigMap so its checksum covers the settings only, not labels.
+the ConfigMap so its checksum covers the settings only, not labels. chartConfig is what
+the chart derives from its own values; <component>.settings adds to it and may not
+repeat one of those keys (a ConfigMap with a key twice is ambiguous).
 */}}
-{{- define "seriesflow.store.configData" -}}
+{{- define "seriesflow.store.chartConfig" -}}
 SERIESFLOW_LISTEN_HOST: "0.0.0.0"
 SERIESFLOW_GRPC_PORT: {{ .Values.store.grpcPort | quote }}
 SERIESFLOW_STORE_METRICS_PORT: {{ .Values.store.metricsPort | quote }}
@@ -23,12 +25,15 @@ SERIESFLOW_GRPC_TLS_KEY: {{ printf "%s/tls.key" $dir | quote }}
 SERIESFLOW_GRPC_TLS_CLIENT_CA: {{ printf "%s/ca.crt" $dir | quote }}
 {{- end }}
 {{- end }}
-{{- with .Values.store.settings }}
-{{- include "seriesflow.settingsData" . }}
-{{- end }}
 {{- end }}
 
-{{- define "seriesflow.receiver.configData" -}}
+{{- define "seriesflow.store.configData" -}}
+{{- $owned := include "seriesflow.store.chartConfig" . }}
+{{- $owned }}
+{{- include "seriesflow.settingsData" (dict "settings" .Values.store.settings "owned" $owned "path" "store.settings") }}
+{{- end }}
+
+{{- define "seriesflow.receiver.chartConfig" -}}
 SERIESFLOW_LISTEN_HOST: "0.0.0.0"
 SERIESFLOW_AE_TITLE: {{ .Values.receiver.aeTitle | quote }}
 SERIESFLOW_DICOM_PORT: {{ .Values.receiver.dicomPort | quote }}
@@ -56,7 +61,10 @@ SERIESFLOW_STORE_TLS_KEY: {{ printf "%s/tls.key" $dir | quote }}
 SERIESFLOW_DICOM_TLS_CERT: {{ printf "%s/tls.crt" $dir | quote }}
 SERIESFLOW_DICOM_TLS_KEY: {{ printf "%s/tls.key" $dir | quote }}
 {{- end }}
-{{- with .Values.receiver.settings }}
-{{- include "seriesflow.settingsData" . }}
 {{- end }}
+
+{{- define "seriesflow.receiver.configData" -}}
+{{- $owned := include "seriesflow.receiver.chartConfig" . }}
+{{- $owned }}
+{{- include "seriesflow.settingsData" (dict "settings" .Values.receiver.settings "owned" $owned "path" "receiver.settings") }}
 {{- end }}

@@ -311,8 +311,14 @@ checksum/secret: {{ $database | sha256sum }}
 Extra settings map -> SERIESFLOW_<NAME>: "value" lines.
 */}}
 {{- define "seriesflow.settingsData" -}}
-{{- range $name, $value := . }}
-{{ printf "SERIESFLOW_%s" (upper $name) }}: {{ $value | toString | quote }}
+{{- $owned := fromYaml .owned }}
+{{- $path := .path }}
+{{- range $name, $value := .settings }}
+{{- $key := printf "SERIESFLOW_%s" (upper $name) }}
+{{- if hasKey $owned $key }}
+{{- fail (printf "%s.%s sets %s, which the chart sets from its own values (ports, TLS, grpcAuth, logLevel, ...): set that value instead, or override it with the component's extraEnv" $path $name $key) }}
+{{- end }}
+{{ $key }}: {{ $value | toString | quote }}
 {{- end }}
 {{- end }}
 
