@@ -65,7 +65,14 @@ from docker_engine import (  # noqa: F401 (fixtures)
 from seriesflow.v1 import series_store_pb2
 
 # `make test` runs the docker-marked tests alone, after the rest, on one engine.
-pytestmark = [pytest.mark.slow, pytest.mark.docker]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.docker,
+    # The first test builds every image on a fresh machine (a Debian base with mmdebstrap,
+    # the project's image with pip from PyPI, PostgreSQL and the stand-ins): minutes more
+    # than the suite's 300 s default, once; cached by content afterwards.
+    pytest.mark.timeout(1800),
+]
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 STANDINS = IMAGES / "compose"

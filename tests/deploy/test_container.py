@@ -50,7 +50,14 @@ from docker_engine import (  # noqa: F401 (fixtures)
 )
 
 # `docker`: make test runs these after the rest, alone (image builds compete for the CPU).
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slow,
+    # The first test builds every image on a fresh machine (a Debian base with mmdebstrap,
+    # the project's image with pip from PyPI, PostgreSQL and the stand-ins): minutes more
+    # than the suite's 300 s default, once; cached by content afterwards.
+    pytest.mark.timeout(1800),
+]
 
 UID = 10001
 AE_TITLE = "STORESCP"
