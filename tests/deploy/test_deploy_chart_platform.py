@@ -553,6 +553,29 @@ def test_monitoring_objects_carry_the_release_label_kube_prometheus_stack_select
     assert override["metadata"]["labels"]["release"] == "mine"
 
 
+def _runbook_urls(rule: dict[str, Any]) -> dict[str, str]:
+    return {
+        r["alert"]: r["annotations"]["runbook_url"]
+        for group in rule["spec"]["groups"]
+        for r in group["rules"]
+        if "alert" in r
+    }
+
+
+def test_a_runbook_base_url_makes_every_alert_link_absolute_keeping_its_anchor() -> None:
+    relative = _runbook_urls(
+        one(render(set_values=("metrics.prometheusRule.enabled=true",)), "PrometheusRule")
+    )
+    assert relative and all(u.startswith("docs/runbooks.md#") for u in relative.values())
+    base = "https://git.example.org/imaging/seriesflow/-/blob/main/docs/runbooks.md"
+    absolute = _runbook_urls(one(render(ci("monitoring")), "PrometheusRule"))
+    assert absolute == {
+        alert: base + url.removeprefix("docs/runbooks.md") for alert, url in relative.items()
+    }
+    refused = run_helm_template(set_values=("metrics.prometheusRule.runbookBaseURL=runbooks",))
+    assert refused.returncode != 0 and "runbookBaseURL" in refused.stderr, refused.stderr
+
+
 def test_service_monitor_endpoints_carry_relabelings_and_honor_labels() -> None:
     (endpoint,) = one(render(ci("monitoring")), "ServiceMonitor")["spec"]["endpoints"]
     assert endpoint["honorLabels"] is False
